@@ -1,0 +1,23 @@
+"""Shared fixtures: offline Hugging Face caches and tiny random models of every architecture the library maps."""
+
+import os
+import tempfile
+
+# Before any Hugging Face import: caches in a temporary folder, no network (pitfalls: HF_HOME read at import).
+os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hf_home_"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from tests.tiny_models import ARCHITECTURES, tiny_model  # noqa: E402
+
+
+@pytest.fixture(params=ARCHITECTURES)
+def arch(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def tiny(arch):
+    return tiny_model(arch)
