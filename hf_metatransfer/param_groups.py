@@ -125,17 +125,24 @@ def set_trainable_(
 def relative_grad_norms(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, float]:
     """Auto-RGN weights (Lee et al. 2022): ||g|| / ||theta|| per tensor, divided by the largest.
 
-    Tensors without a gradient are left out. Call after backward, before the optimizer step.
+    Tensors without a gradient are left out. A tensor that is all zeros (a fresh bias) has no scale to be
+    relative to: it gets 1.0 and does not enter the maximum. Call after backward, before the optimizer step.
     """
     params = dict(model.named_parameters())
-    rgn = {}
+    rgn, zero = {}, []
     for name in names if names is not None else params:
         p = params[name]
         if p.grad is None:
             continue
-        rgn[name] = (p.grad.float().norm() / p.float().norm().clamp_min(1e-12)).item()
+        norm = p.float().norm()
+        if norm == 0:
+            zero.append(name)
+        else:
+            rgn[name] = (p.grad.float().norm() / norm).item()
     top = max(rgn.values(), default=0.0)
-    return {n: (v / top if top > 0 else 0.0) for n, v in rgn.items()}
+    out = {n: (v / top if top > 0 else 0.0) for n, v in rgn.items()}
+    out.update(dict.fromkeys(zero, 1.0))
+    return out
 
 
 @torch.no_grad()

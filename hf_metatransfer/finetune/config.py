@@ -97,6 +97,7 @@ class FineTuningConfig(TrainingArguments):
     layer_map_head_regex: str | None = field(default=None, metadata={"help": "Regex of head parameter names."})
 
     def __post_init__(self) -> None:
+        self._check_deepspeed()  # before TrainingArguments, which imports deepspeed
         super().__post_init__()
         check_decay(self.layerwise_lr_decay)
         if self.linear_probe not in LINEAR_PROBES:
@@ -122,7 +123,6 @@ class FineTuningConfig(TrainingArguments):
             raise ValueError("reinit_top_k_blocks must be >= 0.")
         if self.surgical_blocks is not None:
             self.surgical_blocks = [_parse_block(b) for b in self.surgical_blocks]
-        self._check_deepspeed()
         if self.dynamic_freezing and self.ddp_find_unused_parameters is None:
             # Parameters frozen mid-run get no gradient; DDP must be told (pitfalls: DDP + freezing).
             self.ddp_find_unused_parameters = True

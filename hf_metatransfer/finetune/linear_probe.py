@@ -108,7 +108,7 @@ def extract_features(
     pool afterwards; the hook then writes each token's position into the layer's output, and the model's own
     pooling (last non-pad token, either padding side) tells which token's features it used.
     """
-    _, layer = find_probe_layer(model, layer_map)
+    name, layer = find_probe_layer(model, layer_map)
     collate = data_collator or default_data_collator
     keep = _forward_columns(model)
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -146,10 +146,15 @@ def extract_features(
                 inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
                 captured.clear()
                 outputs = model(**inputs)
+                if not captured:
+                    raise RuntimeError(f"The probe layer {name} did not run (are the adapters disabled?).")
                 x = captured[0]
                 if x.dim() == 3:
                     logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
-                    x = x[torch.arange(x.shape[0], device=x.device), _pooled_positions(logits, x.shape[1])]
+                    x = x[
+                        torch.arange(x.shape[0], device=x.device),
+                        _pooled_positions(logits, x.shape[1]).to(x.device),
+                    ]
                 elif x.dim() != 2:
                     raise ValueError(
                         f"The probe layer's input has shape {tuple(x.shape)}; expected 2 or 3 dims."
@@ -337,6 +342,7 @@ def fast_linear_probe(
     ``train_accuracy`` is that of the loaded layer (in its own dtype) on the training features.
     """
     start = time.perf_counter()
+    layer_map = layer_map if layer_map is not None else build_layer_map(model)
     name, layer = find_probe_layer(model, layer_map)
     num_labels = layer.out_features
     solver = _solver(solver)
