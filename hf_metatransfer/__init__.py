@@ -1,0 +1,45 @@
+"""hf-metatransfer: transfer learning and meta-learning of text models on the Hugging Face stack.
+
+The layer map (:func:`build_layer_map`) is the spine: every fine-tuning strategy is a policy over it.
+"""
+
+from .finetune import (
+    FineTuningConfig,
+    FineTuningTrainer,
+    SearchResult,
+    cross_validated_search,
+    fast_linear_probe,
+)
+from .layers import LayerGroup, LayerMap, LayerMapError, LayerMapSpec, build_layer_map
+from .metrics import compute_metrics_fn, load_metric
+from .param_groups import (
+    layerwise_param_groups,
+    no_decay_param_names,
+    reinit_,
+    relative_grad_norms,
+    set_trainable_,
+    trainable_depths,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FineTuningConfig",
+    "FineTuningTrainer",
+    "LayerGroup",
+    "LayerMap",
+    "LayerMapError",
+    "LayerMapSpec",
+    "SearchResult",
+    "build_layer_map",
+    "compute_metrics_fn",
+    "cross_validated_search",
+    "fast_linear_probe",
+    "layerwise_param_groups",
+    "load_metric",
+    "no_decay_param_names",
+    "reinit_",
+    "relative_grad_norms",
+    "set_trainable_",
+    "trainable_depths",
+]

@@ -88,8 +88,8 @@ class StrategyCallback(TrainerCallback):
             self.switch_to_ft(state, reason=f"LP budget of {min(budget_steps)} steps reached")
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        sched = self.trainer.phase_scheduler
-        if sched.phase != "lp" or not args.lp_patience or not metrics or "eval_loss" not in metrics:
+        sched = self.trainer.phase_scheduler  # None when evaluate() runs outside train()
+        if sched is None or sched.phase != "lp" or not args.lp_patience or "eval_loss" not in (metrics or {}):
             return
         book = sched.switch_state
         if metrics["eval_loss"] < book["best_loss"]:

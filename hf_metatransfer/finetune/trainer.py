@@ -59,6 +59,7 @@ class FineTuningTrainer(Trainer):
             generator = torch.Generator().manual_seed(args.seed)
             reinit_(model, layer_map, head=args.reinit_head, top_k_blocks=args.reinit_top_k_blocks,
                     generator=generator)
+        self.linear_probe_info: dict | None = None
         callbacks = list(kwargs.pop("callbacks", None) or [])
         callbacks.append(StrategyCallback(self))
         super().__init__(model=model, args=args, callbacks=callbacks, **kwargs)
@@ -114,20 +115,26 @@ class FineTuningTrainer(Trainer):
         return self.lr_scheduler
 
     # -- training ------------------------------------------------------------------------------------------
-    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
-        if self.args.lp_ft and not self.args.sgd_probe and not resume_from_checkpoint:
-            from .linear_probe import fast_linear_probe
+    def run_linear_probe(self) -> dict:
+        """Fit the head on features of the frozen backbone (``linear_probe`` 'logistic' or 'lstsq'), once."""
+        from .linear_probe import fast_linear_probe
 
-            info = fast_linear_probe(
-                self.model,
-                self.train_dataset,
-                self.data_collator,
-                solver=self.args.linear_probe,
-                batch_size=self.args.per_device_eval_batch_size,
-                layer_map=self.layer_map,
-            )
-            self.linear_probe_info = info
-            logger.info("fast linear probe: %s", info)
+        self.linear_probe_info = fast_linear_probe(
+            self.model,
+            self.train_dataset,
+            self.data_collator,
+            solver=self.args.linear_probe,
+            batch_size=self.args.per_device_eval_batch_size,
+            layer_map=self.layer_map,
+        )
+        logger.info("fast linear probe: %s", self.linear_probe_info)
+        return self.linear_probe_info
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """Train; a fast LP-FT fits the head first (not when resuming: the checkpoint holds it)."""
+        fast_probe = self.args.lp_ft and not self.args.sgd_probe
+        if fast_probe and not resume_from_checkpoint and self.linear_probe_info is None:
+            self.run_linear_probe()
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     @property

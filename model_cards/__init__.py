@@ -1,0 +1,1 @@
+"""Model-card templates (Jinja, rendered with huggingface_hub's ModelCard), shipped inside the wheel."""
