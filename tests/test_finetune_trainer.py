@@ -212,3 +212,19 @@ def test_layer_map_is_built_for_each_trainer_and_exposed(tmp_path):
     model = tiny_model("gpt2")
     trainer = FineTuningTrainer(model=model, args=config(tmp_path), train_dataset=toy_dataset())
     assert trainer.layer_map.groups == build_layer_map(model).groups
+
+
+def test_fast_lp_ft_fits_the_head_once_then_fine_tunes_everything(tmp_path, monkeypatch):
+    import hf_metatransfer.finetune.linear_probe as probe_module
+
+    model = tiny_model("bert")
+    calls = []
+    real = probe_module.fast_linear_probe
+    monkeypatch.setattr(probe_module, "fast_linear_probe", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rec = Record(model)
+    args = config(tmp_path, max_steps=3, lp_ft=True, linear_probe="lstsq")
+    trainer = FineTuningTrainer(model=model, args=args, train_dataset=toy_dataset(), callbacks=[rec])
+    trainer.train()
+    assert calls == [1] and trainer.linear_probe_info["layer"] == "classifier"
+    assert trainer.phase_scheduler.phase == "ft" and trainer.phase_scheduler.phase_start == 0
+    assert all(g == {n for n, _ in model.named_parameters()} for g in rec.grads)  # no head-only phase
