@@ -15,8 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .episode import Episode
 from .index import GroupIndex
-from .sampler import Episode, EpisodeSampler, IntOrRange
+from .sampler import EpisodeSampler, IntOrRange
 from .splits import Splits, split_values
 
 

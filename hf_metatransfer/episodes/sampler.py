@@ -14,10 +14,10 @@ import logging
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from .episode import Episode
 from .index import GroupIndex
 from .random import choose, episode_keys, subkeys, uniform, without_replacement
 
@@ -27,45 +27,6 @@ MODES = ("classes", "monolingual", "cross-lingual")
 _SHAPE, _LANG, _CLASSES, _SUPPORT, _QUERY = range(5)  # streams of draws
 
 IntOrRange = int | tuple[int, int]
-
-
-@dataclass(frozen=True)
-class Episode:
-    """One few-shot task: dataset row numbers, episode labels 0..N-1 and the original labels they stand for."""
-
-    episode_id: int
-    classes: np.ndarray
-    support: np.ndarray
-    support_labels: np.ndarray
-    query: np.ndarray
-    query_labels: np.ndarray
-    support_lang: str = ""
-    query_lang: str = ""
-    class_names: tuple[str, ...] = field(default=())
-
-    @property
-    def n_way(self) -> int:
-        return len(self.classes)
-
-    def to_dict(self) -> dict:
-        return {
-            "episode_id": self.episode_id,
-            "classes": self.classes.tolist(),
-            "class_names": list(self.class_names),
-            "support": self.support.tolist(),
-            "support_labels": self.support_labels.tolist(),
-            "query": self.query.tolist(),
-            "query_labels": self.query_labels.tolist(),
-            "support_lang": self.support_lang,
-            "query_lang": self.query_lang,
-        }
-
-    @classmethod
-    def from_dict(cls, row: dict) -> Episode:
-        arrays = {k: np.asarray(row[k], dtype=np.int64) for k in ("classes", "support", "support_labels", "query",
-                                                                 "query_labels")}  # fmt: skip
-        return cls(episode_id=int(row["episode_id"]), support_lang=row["support_lang"], query_lang=row["query_lang"],
-                   class_names=tuple(row["class_names"]), **arrays)  # fmt: skip
 
 
 def _as_range(value: IntOrRange, name: str) -> tuple[int, int]:

@@ -1,0 +1,93 @@
+"""Tokenise once, gather per episode: token ids live in one flat Arrow buffer, episodes pad to their own length.
+
+``tokenize_dataset`` runs one batched ``map``; :class:`TokenStore` reads the ``input_ids`` list column as
+(values, offsets) without copying, and pads the rows of an episode with a few numpy gathers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import torch
+
+from .episode import Episode
+
+
+def tokenize_dataset(
+    dataset: datasets.Dataset,
+    tokenizer: Any,
+    text_column: str = "text",
+    max_length: int | None = 128,
+    num_proc: int | None = None,
+    prefix: str = "",
+) -> datasets.Dataset:
+    """Add ``input_ids`` (unpadded, truncated to ``max_length``) in one batched map; other columns stay."""
+    if tokenizer.pad_token_id is None:
+        raise ValueError(
+            f"{type(tokenizer).__name__} has no pad token: set tokenizer.pad_token = tokenizer.eos_token "
+            "(decoder-only models) or add one."
+        )
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        texts = [prefix + t for t in batch[text_column]] if prefix else batch[text_column]
+        return {"input_ids": tokenizer(texts, truncation=max_length is not None, max_length=max_length)["input_ids"]}
+
+    return dataset.map(encode, batched=True, num_proc=num_proc, desc="Tokenising")
+
+
+class TokenStore:
+    """Flat token ids of a tokenised dataset; ``pad(rows)`` gives ``input_ids`` and ``attention_mask`` tensors."""
+
+    def __init__(self, dataset: datasets.Dataset, pad_token_id: int, column: str = "input_ids",
+                 padding_side: str = "right") -> None:  # fmt: skip
+        if column not in dataset.column_names:
+            raise ValueError(f"No {column!r} column: run tokenize_dataset(dataset, tokenizer) first.")
+        if padding_side not in ("right", "left"):
+            raise ValueError("padding_side must be 'right' or 'left'.")
+        chunked = dataset.select_columns([column]).with_format("arrow")[:][column]
+        array = pa.concat_arrays(chunked.chunks) if chunked.num_chunks != 1 else chunked.chunk(0)
+        if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+            offsets = array.offsets.to_numpy().astype(np.int64)
+            self.values = array.values.to_numpy().astype(np.int64)
+            self.starts, self.lengths = offsets[:-1], np.diff(offsets)
+        else:
+            raise ValueError(f"Column {column!r} has type {array.type}; expected lists of token ids.")
+        self.pad_token_id, self.padding_side = int(pad_token_id), padding_side
+
+    def pad(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        rows = np.asarray(rows, dtype=np.int64)
+        lengths = self.lengths[rows]
+        width = int(lengths.max()) if len(rows) else 0
+        positions = np.arange(width)
+        if self.padding_side == "right":
+            mask = positions[None, :] < lengths[:, None]
+            source = self.starts[rows][:, None] + positions[None, :]
+        else:
+            mask = positions[None, :] >= (width - lengths)[:, None]
+            source = self.starts[rows][:, None] + positions[None, :] - (width - lengths)[:, None]
+        ids = np.where(mask, self.values[np.where(mask, source, 0)], self.pad_token_id)
+        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask.astype(np.int64))}
+
+
+class EpisodeCollator:
+    """Episode -> tensors: ``support`` / ``query`` dicts with ``input_ids``, ``attention_mask``, ``labels``.
+
+    Works as a ``DataLoader`` ``collate_fn`` over episodes (a list of one episode gives that episode).
+    """
+
+    def __init__(self, store: TokenStore) -> None:
+        self.store = store
+
+    def __call__(self, episode: Episode | list[Episode]) -> dict[str, Any]:
+        if isinstance(episode, list):
+            if len(episode) != 1:
+                raise ValueError("Collate one episode at a time (DataLoader batch_size=None or 1).")
+            episode = episode[0]
+        support = self.store.pad(episode.support)
+        query = self.store.pad(episode.query)
+        support["labels"] = torch.from_numpy(episode.support_labels)
+        query["labels"] = torch.from_numpy(episode.query_labels)
+        return {"support": support, "query": query, "episode": episode}
