@@ -9,6 +9,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Tiny models on 2 shared cores: one intra-op thread is several times faster than two fighting over them.
+torch.set_num_threads(1)
 
 from tests.tiny_models import ARCHITECTURES, tiny_model  # noqa: E402
 

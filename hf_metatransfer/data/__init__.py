@@ -1,6 +1,14 @@
 """Real models and datasets that work with no network (they arrive inside pip packages)."""
 
+from .django_parallel import django_languages, load_django_parallel
 from .ha_intents import ha_intents_languages, load_ha_intents
 from .packaged_models import MINILM, minilm_path
 
-__all__ = ["MINILM", "ha_intents_languages", "load_ha_intents", "minilm_path"]
+__all__ = [
+    "MINILM",
+    "django_languages",
+    "ha_intents_languages",
+    "load_django_parallel",
+    "load_ha_intents",
+    "minilm_path",
+]

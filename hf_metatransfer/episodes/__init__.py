@@ -4,9 +4,12 @@ from .builder import EpisodeBuilder
 from .collate import EpisodeCollator, TokenStore, tokenize_dataset
 from .episode import Episode, episodes_from_dataset, episodes_to_dataset
 from .index import GroupIndex
+from .presets import TaskCollection, ha_intents_tasks, massive_style_tasks, tasks_from_builder
 from .sampler import EpisodeSampler
 from .splits import SplitLeakError, Splits, check_disjoint, split_values
+from .streaming import StreamingEpisodes
 from .torch_data import EpisodeDataset
+from .translation import TranslationTask, TranslationTaskSampler, from_flores_style, split_target_languages
 
 __all__ = [
     "Episode",
@@ -23,4 +26,13 @@ __all__ = [
     "episodes_to_dataset",
     "split_values",
     "tokenize_dataset",
+    "TranslationTask",
+    "TranslationTaskSampler",
+    "from_flores_style",
+    "split_target_languages",
+    "TaskCollection",
+    "ha_intents_tasks",
+    "massive_style_tasks",
+    "tasks_from_builder",
+    "StreamingEpisodes",
 ]

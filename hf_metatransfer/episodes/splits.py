@@ -60,7 +60,7 @@ class Splits:
                 if v in seen and seen[v] != split:
                     raise SplitLeakError(
                         f"{self.kind.capitalize()} {self.describe(v)} is in both {seen[v]!r} and {split!r}: "
-                        f"meta-test {self.kind}es must be unseen in meta-training."
+                        f"meta-test {'classes' if self.kind == 'class' else self.kind + 's'} must be unseen in meta-training."
                     )
                 seen[v] = split
 

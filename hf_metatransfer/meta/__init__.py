@@ -12,7 +12,10 @@ from .algorithms import (
     TaskResult,
     build_algorithm,
 )
+from .config import MetaTrainingConfig
+from .evaluation import FineTune, LinearProbe, MetaTestResult, NearestCentroid, confidence_interval, meta_test
 from .fast_weights import FAST_WEIGHTS, fast_weight_names
+from .trainer import MetaTrainer, MetaTrainerState
 
 __all__ = [
     "ALGORITHMS",
@@ -20,11 +23,20 @@ __all__ = [
     "FAST_WEIGHTS",
     "FOMAML",
     "MAML",
+    "FineTune",
+    "LinearProbe",
     "MetaAlgorithm",
+    "MetaTestResult",
+    "MetaTrainer",
+    "MetaTrainerState",
+    "MetaTrainingConfig",
+    "NearestCentroid",
     "MetaSGD",
     "ProtoNets",
     "Reptile",
     "TaskResult",
     "build_algorithm",
+    "confidence_interval",
     "fast_weight_names",
+    "meta_test",
 ]

@@ -8,7 +8,6 @@ passed to ``torch.func.functional_call``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -33,7 +32,8 @@ class TaskResult:
 
 
 def model_inputs(batch: Batch) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    """Everything in a batch but the labels goes to the model's forward."""
+    return {k: v for k, v in batch.items() if k != "labels"}
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -48,10 +48,13 @@ class MetaAlgorithm:
     name = "base"
     second_order = False
 
-    def __init__(self, inner_steps: int = 1, inner_lr: float = 0.01, fast_weights: str = "all", top_k: int = 1):
+    def __init__(self, inner_steps: int = 1, inner_lr: float = 0.01, fast_weights: str = "all", top_k: int = 1,
+                 loss: str = "cross_entropy"):  # fmt: skip
         if inner_steps < 0 or inner_lr < 0:
             raise ValueError("inner_steps and inner_lr must be >= 0.")
-        self.inner_steps, self.inner_lr = inner_steps, inner_lr
+        if loss not in ("cross_entropy", "mse"):
+            raise ValueError("loss must be 'cross_entropy' (classification) or 'mse' (regression).")
+        self.inner_steps, self.inner_lr, self.loss_type = inner_steps, inner_lr, loss
         self.fast_weights, self.top_k = fast_weights, top_k
         self.fast: list[str] = []
 
@@ -76,10 +79,14 @@ class MetaAlgorithm:
         return {**dict(model.named_parameters()), **dict(model.named_buffers())}
 
     def logits(self, model: nn.Module, weights: Mapping[str, torch.Tensor], batch: Batch) -> torch.Tensor:
-        return functional_call(model, dict(weights), args=(), kwargs=model_inputs(batch)).logits
+        """The model's outputs (``.logits`` of a transformers model, or the tensor a plain module returns)."""
+        out = functional_call(model, dict(weights), args=(), kwargs=model_inputs(batch))
+        return out.logits if hasattr(out, "logits") else out
 
     def loss(self, model: nn.Module, weights: Mapping[str, torch.Tensor], batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.logits(model, weights, batch)
+        if self.loss_type == "mse":
+            return F.mse_loss(logits.reshape(batch["labels"].shape), batch["labels"]), logits
         return F.cross_entropy(logits, batch["labels"]), logits
 
     def inner_lrs(self) -> list[float | torch.Tensor]:
@@ -108,6 +115,8 @@ class MetaAlgorithm:
 
     @torch.no_grad()
     def _accuracy(self, logits: torch.Tensor, labels: torch.Tensor) -> float:
+        if self.loss_type == "mse":
+            return float("nan")
         return (logits.argmax(-1) == labels).float().mean().item()
 
     def _result(self, model: nn.Module, loss: torch.Tensor, logits: torch.Tensor, query: Batch) -> TaskResult:
@@ -147,8 +156,9 @@ class ANIL(MAML):
 
     name = "anil"
 
-    def __init__(self, inner_steps: int = 5, inner_lr: float = 0.1, fast_weights: str = "head", top_k: int = 1):
-        super().__init__(inner_steps, inner_lr, fast_weights, top_k)
+    def __init__(self, inner_steps: int = 5, inner_lr: float = 0.1, fast_weights: str = "head", top_k: int = 1,
+                 loss: str = "cross_entropy"):  # fmt: skip
+        super().__init__(inner_steps, inner_lr, fast_weights, top_k, loss)
 
 
 class MetaSGD(MAML):
@@ -188,8 +198,9 @@ class Reptile(MetaAlgorithm):
 
     name = "reptile"
 
-    def __init__(self, inner_steps: int = 5, inner_lr: float = 0.01, fast_weights: str = "all", top_k: int = 1):
-        super().__init__(inner_steps, inner_lr, fast_weights, top_k)
+    def __init__(self, inner_steps: int = 5, inner_lr: float = 0.01, fast_weights: str = "all", top_k: int = 1,
+                 loss: str = "cross_entropy"):  # fmt: skip
+        super().__init__(inner_steps, inner_lr, fast_weights, top_k, loss)
 
     def task_gradient(self, model: nn.Module, support: Batch, query: Batch) -> TaskResult:
         both = {k: _cat(support[k], query[k]) for k in support if k in query}
@@ -216,7 +227,10 @@ class ProtoNets(MetaAlgorithm):
 
     name = "protonets"
 
-    def __init__(self, inner_steps: int = 0, inner_lr: float = 0.0, fast_weights: str = "all", top_k: int = 1):
+    def __init__(self, inner_steps: int = 0, inner_lr: float = 0.0, fast_weights: str = "all", top_k: int = 1,
+                 loss: str = "cross_entropy"):  # fmt: skip
+        if loss != "cross_entropy":
+            raise ValueError("ProtoNets classifies: loss must be 'cross_entropy'.")
         super().__init__(0, 0.0, fast_weights, top_k)
 
     def setup(self, model: nn.Module) -> None:
@@ -255,13 +269,3 @@ def build_algorithm(name: str, **kwargs) -> MetaAlgorithm:
     if name not in classes:
         raise ValueError(f"Unknown meta-learning algorithm {name!r}: use one of {ALGORITHMS}.")
     return classes[name](**{k: v for k, v in kwargs.items() if v is not None})
-
-
-def confidence_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
-    """Mean and half-width of the normal 95% confidence interval over tasks."""
-    n = len(values)
-    if n == 0:
-        return float("nan"), float("nan")
-    mean = sum(values) / n
-    var = sum((v - mean) ** 2 for v in values) / max(n - 1, 1)
-    return mean, z * math.sqrt(var / n)

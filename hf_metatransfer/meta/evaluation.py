@@ -1,0 +1,141 @@
+"""Meta-testing: adapt to each test episode, score its queries, mean accuracy with a 95% CI and adaptation time.
+
+The non-meta baselines run through the same harness on the same episodes: nearest class centroid on frozen
+features, a linear probe on frozen features, fine-tuning, and LP-FT. Each is an object with
+``predict(model, support, query) -> query logits`` like the meta-learning algorithms.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..episodes.episode import Episode
+from .algorithms import Batch, ProtoNets, model_inputs
+
+
+def confidence_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
+    """Mean and half-width of the normal 95% confidence interval over tasks."""
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / max(n - 1, 1)
+    return mean, z * math.sqrt(var / n)
+
+
+@dataclass
+class MetaTestResult:
+    method: str
+    accuracy: float
+    ci95: float
+    seconds_per_episode: float
+    episodes: int
+
+    def row(self) -> str:
+        return (f"| {self.method} | {100 * self.accuracy:.1f} +- {100 * self.ci95:.1f} | "
+                f"{self.seconds_per_episode:.3f} | {self.episodes} |")  # fmt: skip
+
+
+class NearestCentroid(ProtoNets):
+    """Class centroids of frozen, mean-pooled, L2-normalised embeddings; the nearest by cosine wins."""
+
+    name = "nearest-centroid"
+
+    def embed(self, model: nn.Module, weights, batch: Batch) -> torch.Tensor:
+        return F.normalize(super().embed(model, weights, batch), dim=-1)
+
+
+class LinearProbe(NearestCentroid):
+    """Logistic regression (L-BFGS, scikit-learn) on the frozen embeddings of the support set."""
+
+    name = "linear-probe"
+
+    def __init__(self, C: float = 10.0) -> None:
+        super().__init__()
+        self.C = C
+
+    def predict(self, model: nn.Module, support: Batch, query: Batch) -> torch.Tensor:
+        from sklearn.linear_model import LogisticRegression
+
+        with torch.no_grad():
+            s = self.embed(model, self.weights(model), support).cpu().double().numpy()
+            q = self.embed(model, self.weights(model), query).cpu().double().numpy()
+        clf = LogisticRegression(C=self.C, max_iter=1000).fit(s, support["labels"].cpu().numpy())
+        return torch.from_numpy(clf.decision_function(q)).float()
+
+
+class FineTune:
+    """Fine-tune a copy of the model on the support set (AdamW, ``steps`` full-batch steps), then predict.
+
+    With ``lp_ft`` the head is first fitted by a linear probe on frozen features (LP-FT).
+    """
+
+    def __init__(self, steps: int = 20, lr: float = 5e-5, head_lr: float = 1e-2, lp_ft: bool = False) -> None:
+        self.steps, self.lr, self.head_lr, self.lp_ft = steps, lr, head_lr, lp_ft
+        self.name = "lp-ft" if lp_ft else "fine-tuning"
+
+    def predict(self, model: nn.Module, support: Batch, query: Batch) -> torch.Tensor:
+        from ..finetune.linear_probe import find_probe_layer, fit_probe
+        from ..layers import build_layer_map
+
+        tuned = copy.deepcopy(model).train(False)
+        layer_map = build_layer_map(tuned)
+        head = set(layer_map.head.param_names)
+        if self.lp_ft:
+            name, layer = find_probe_layer(tuned, layer_map)
+            captured = []
+            handle = layer.register_forward_hook(lambda m, a, o: captured.append(a[0].detach()))
+            with torch.no_grad():
+                tuned(**model_inputs(support))
+            handle.remove()
+            weight, bias = fit_probe(captured[0], support["labels"].cpu(), layer.out_features, C="auto")
+            with torch.no_grad():
+                layer.weight.copy_(weight.to(layer.weight))
+                if layer.bias is not None and bias is not None:
+                    layer.bias.copy_(bias.to(layer.bias))
+        groups = [
+            {"params": [p for n, p in tuned.named_parameters() if n in head], "lr": self.head_lr},
+            {"params": [p for n, p in tuned.named_parameters() if n not in head], "lr": self.lr},
+        ]
+        optimizer = torch.optim.AdamW(groups)
+        for _ in range(self.steps):
+            optimizer.zero_grad()
+            F.cross_entropy(tuned(**model_inputs(support)).logits, support["labels"]).backward()
+            optimizer.step()
+        with torch.no_grad():
+            return tuned(**model_inputs(query)).logits
+
+
+def meta_test(
+    model: nn.Module,
+    method,
+    episodes: Iterable[Episode],
+    collate: Callable[[Episode], dict],
+    *,
+    name: str | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> MetaTestResult:
+    """Adapt ``method`` to every episode and score its queries: mean accuracy, 95% CI, seconds an episode."""
+    model.eval()
+    accuracies, seconds = [], 0.0
+    episodes = list(episodes)
+    for episode in tqdm(episodes, desc=f"Meta-testing {name or method.name}", disable=not progress):
+        batch = collate(episode)
+        support = {k: v.to(device) for k, v in batch["support"].items()}
+        query = {k: v.to(device) for k, v in batch["query"].items()}
+        start = time.perf_counter()
+        logits = method.predict(model, support, query)
+        seconds += time.perf_counter() - start
+        accuracies.append((logits.argmax(-1).cpu() == query["labels"].cpu()).float().mean().item())
+    mean, half = confidence_interval(accuracies)
+    return MetaTestResult(name or method.name, mean, half, seconds / max(len(episodes), 1), len(episodes))

@@ -1,0 +1,132 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers as T
+from safetensors.torch import load_file
+
+from hf_metatransfer.meta import MAML, MetaTrainer, MetaTrainingConfig
+from tests.meta_fixtures import SineNet, SineTasks, tiny_bert, token_episodes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def config(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path), algorithm="fomaml", inner_steps=2, inner_lr=0.3, meta_batch_size=4,
+                max_steps=6, outer_lr=1e-2, eval_steps=0, save_steps=0, disable_tqdm=True, logging_steps=1)  # fmt: skip
+    base.update(kw)
+    return MetaTrainingConfig(**base)
+
+
+def test_meta_training_moves_weights_and_saves_a_normal_checkpoint(tmp_path):
+    train, test, collate = token_episodes()
+    model = tiny_bert()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = MetaTrainer(model, config(tmp_path, eval_steps=3, eval_episodes=5), train, collate, eval_sampler=test)
+    state = trainer.train()
+    assert state.step == 6 and len([h for h in state.log_history if "loss" in h]) == 6
+    assert any("eval_accuracy" in h for h in state.log_history)
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
+    loaded = T.AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    for n, p in loaded.named_parameters():
+        assert torch.equal(p, dict(model.named_parameters())[n]), n
+    assert (tmp_path / "best" / "model.safetensors").exists()
+
+
+def test_resume_from_checkpoint_ends_with_identical_parameters(tmp_path):
+    train, _, collate = token_episodes()
+    full = tiny_bert()
+    MetaTrainer(full, config(tmp_path / "a"), train, collate).train()
+    interrupted = tiny_bert()
+    MetaTrainer(interrupted, config(tmp_path / "b", max_steps=3, save_steps=3), train, collate).train()
+    resumed = tiny_bert(seed=5)  # different weights: everything must come from the checkpoint
+    trainer = MetaTrainer(resumed, config(tmp_path / "b", resume_from_checkpoint="last"), train, collate)
+    state = trainer.train()
+    assert state.step == 6
+    for (n, p), (_, q) in zip(full.named_parameters(), resumed.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_second_order_switches_to_eager_attention(tmp_path):
+    train, _, collate = token_episodes()
+    model = tiny_bert()
+    model.set_attn_implementation("sdpa")
+    MetaTrainer(model, config(tmp_path, algorithm="maml", max_steps=1), train, collate).train()
+    assert model.config._attn_implementation == "eager"
+
+
+def test_non_finite_tasks_are_skipped_and_counted(tmp_path):
+    train, _, collate = token_episodes()
+    model = tiny_bert()
+    with torch.no_grad():
+        model.classifier.weight.fill_(float("inf"))
+    trainer = MetaTrainer(model, config(tmp_path, max_steps=2), train, collate)
+    state = trainer.train()
+    assert state.skipped_tasks == 8
+    assert torch.isinf(model.classifier.weight).all()  # no NaN propagated into an update
+
+
+def test_two_processes_reach_the_parameters_of_one(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    worker = "tests/distributed/meta_worker.py"
+    for out, cmd in (("one", [sys.executable, worker]),
+                     ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                              worker])):  # fmt: skip
+        result = subprocess.run([*cmd, str(tmp_path / out), "maml"], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=600)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+    a = load_file(tmp_path / "one" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "model.safetensors")
+    init = tiny_bert().state_dict()
+    assert any(not torch.equal(a[n], init[n]) for n in a)
+    for n in a:
+        assert torch.allclose(a[n], b[n], atol=1e-5, rtol=1e-4), (n, (a[n] - b[n]).abs().max())
+
+
+def test_sine_wave_maml_beats_multitask_pretraining_after_one_step(tmp_path):
+    """The lecture's example (Finn et al. 2017): one inner step on K = 10 points."""
+    tasks = SineTasks(k=10, q=10, seed=0)
+    torch.manual_seed(0)
+    maml_net = SineNet()
+    cfg = config(tmp_path, algorithm="maml", inner_steps=1, inner_lr=0.01, task_loss="mse", meta_batch_size=10,
+                 max_steps=1500, outer_lr=1e-3, max_grad_norm=0, logging_steps=0)  # fmt: skip
+    MetaTrainer(maml_net, cfg, tasks, tasks).train()
+
+    torch.manual_seed(0)
+    pretrained = SineNet()  # multi-task baseline: regress all tasks' points jointly, as many tasks and steps
+    opt = torch.optim.Adam(pretrained.parameters(), lr=1e-3)
+    for step in range(1500):
+        batch = [tasks(t) for t in tasks.batch(range(step * 10, step * 10 + 10))]
+        x = torch.cat([torch.cat([b["support"]["x"], b["query"]["x"]]) for b in batch])
+        y = torch.cat([torch.cat([b["support"]["labels"], b["query"]["labels"]]) for b in batch])
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(pretrained(x), y).backward()
+        opt.step()
+
+    evaluator = MAML(inner_steps=1, inner_lr=0.01, loss="mse")
+    test_tasks = SineTasks(k=10, q=100, seed=123)
+
+    def query_mse(net):
+        evaluator.setup(net)
+        errors = []
+        for task in test_tasks.batch(range(200)):
+            b = test_tasks(task)
+            pred = evaluator.predict(net, b["support"], b["query"])
+            errors.append(torch.nn.functional.mse_loss(pred, b["query"]["labels"]).item())
+        return float(np.mean(errors))
+
+    maml_mse, baseline_mse = query_mse(maml_net), query_mse(pretrained)
+    assert maml_mse < 0.75 * baseline_mse, (maml_mse, baseline_mse)
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="Unknown algorithm 'mamlx'"):
+        MetaTrainingConfig(algorithm="mamlx")
+    with pytest.raises(ValueError, match="Unknown fast_weights 'body'"):
+        MetaTrainingConfig(fast_weights="body")
+    with pytest.raises(ValueError, match="early_stopping_patience needs eval_steps"):
+        MetaTrainingConfig(early_stopping_patience=2, eval_steps=0)
