@@ -7,6 +7,8 @@ import sys
 
 RECIPES = {
     "finetune": ("finetune", "Fine-tune a Hub checkpoint with LP-FT, layer-wise LR, unfreezing, surgical, re-init."),
+    "meta-train": ("meta_train", "Meta-train (MAML, FOMAML, Reptile, ANIL, ProtoNets, Meta-SGD), then meta-test."),
+    "publish": ("publish", "Publish an output folder (model, card, config, results) to a Hub repo, with retries."),
 }
 
 

@@ -10,21 +10,19 @@ Modes:
 
 from __future__ import annotations
 
-import logging
 import warnings
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from .episode import Episode
 from .index import GroupIndex
-from .random import choose, episode_keys, subkeys, uniform, without_replacement
-
-logger = logging.getLogger(__name__)
+from .random import episode_keys, subkeys, uniform, without_replacement
 
 MODES = ("classes", "monolingual", "cross-lingual")
 _SHAPE, _LANG, _CLASSES, _SUPPORT, _QUERY = range(5)  # streams of draws
+_LISTED = 20  # language pairs named in the warning about those left out
 
 IntOrRange = int | tuple[int, int]
 
@@ -35,6 +33,19 @@ def _as_range(value: IntOrRange, name: str) -> tuple[int, int]:
     if not smallest <= lo <= hi:
         raise ValueError(f"{name}={value!r} must be a positive int or a (low, high) range with low <= high.")
     return int(lo), int(hi)
+
+
+class _Pools(NamedTuple):
+    """Eligible classes of language pairs for one (K, Q): row p is pair p, padded to the largest pool.
+
+    Row p holds its ``sizes[p]`` eligible labels in ascending order, then padding that is never drawn; ``support``
+    and ``query`` hold each label's group in the support and the query language.
+    """
+
+    labels: np.ndarray
+    support: np.ndarray
+    query: np.ndarray
+    sizes: np.ndarray
 
 
 class EpisodeSampler:
@@ -95,91 +106,100 @@ class EpisodeSampler:
             self.pairs = [(a, b) for a in support for b in query if a != b]
             if not self.pairs:
                 raise ValueError("Cross-lingual episodes need a support language different from a query language.")
-        all_pairs = list(self.pairs)
         weights = np.array(
             [(language_weights or {}).get(index.lang_names[a] if a >= 0 else "", 1.0) for a, _ in self.pairs],
             dtype=np.float64,
         )
         if (weights < 0).any() or weights.sum() <= 0:
             raise ValueError("language_weights must be non-negative with a positive sum.")
-        self._pools: dict[tuple[int, int, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self._check_capacity()
-        kept = [i for i, p in enumerate(all_pairs) if p in self.pairs]
+        self._build_lookup()
+        kept = self._check_capacity()
+        self.pairs = [pair for pair, keep in zip(self.pairs, kept) if keep]
         self.pair_cdf = np.cumsum(weights[kept]) / weights[kept].sum()
+        self._same_lang = np.array([a == b for a, b in self.pairs])
+        self._pair_langs = [(self._lang_name(a), self._lang_name(b)) for a, b in self.pairs]
+        self._pool_tables: dict[tuple[int, int], _Pools] = {}
 
     # -- eligibility -------------------------------------------------------------------------------------------
-    def _group_table(self) -> dict[tuple[int, int], tuple[int, int]]:
-        """(lang, label) -> (group, count); lang -1 pools every language (mode 'classes')."""
+    def _build_lookup(self) -> None:
+        """Dense (language + 1, label) -> group (-1: none) and row count; language -1 pools every language.
+
+        Mode 'classes' over an index with languages needs one group a label: it is re-indexed over labels alone.
+        """
+        if self.mode == "classes" and len(set(self.index.group_lang.tolist())) > 1:
+            index = self.index
+            labels = np.empty(len(index.order), dtype=np.int64)
+            for g in range(index.num_groups):
+                labels[index.order[index.offsets[g] : index.offsets[g + 1]]] = index.group_label[g]
+            self.index = GroupIndex.build(labels, index.label_names)
         index = self.index
-        table: dict[tuple[int, int], tuple[int, int]] = {}
-        for g, (lang, label, count) in enumerate(zip(index.group_lang, index.group_label, index.counts)):
-            table[(int(lang), int(label))] = (g, int(count))
-        return table
+        rows = np.zeros(index.num_groups, np.int64) if self.mode == "classes" else index.group_lang + 1
+        shape = (len(index.lang_names) + 1, len(index.label_names))
+        self._group_of = np.full(shape, -1, dtype=np.int64)
+        self._group_of[rows, index.group_label] = np.arange(index.num_groups)
+        self._count_of = np.zeros(shape, dtype=np.int64)
+        self._count_of[rows, index.group_label] = index.counts
+
+    def _pools_of(self, pairs: Sequence[tuple[int, int]], k: int, q: int) -> _Pools:
+        """Eligible classes of these (support lang, query lang) pairs for K, Q, all pairs at once."""
+        a, b = np.array(pairs, dtype=np.int64).reshape(-1, 2).T
+        sup, qry = self._group_of[a + 1], self._group_of[b + 1]
+        count_a, count_b = self._count_of[a + 1], self._count_of[b + 1]
+        enough = np.where((a == b)[:, None], count_a >= k + q, (count_a >= k) & (count_b >= q))
+        ok = self.allowed_labels & (sup >= 0) & (qry >= 0) & enough
+        sizes = ok.sum(axis=1)
+        # Eligible labels first, in ascending order (as the pool lists them), then the rest as padding.
+        labels = np.argsort(~ok, axis=1, kind="stable")[:, : sizes.max(initial=0)]
+        rows = np.arange(len(a))[:, None]
+        return _Pools(labels, sup[rows, labels], qry[rows, labels], sizes)
 
     def pool(self, pair: tuple[int, int], k: int, q: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Eligible labels for (support lang, query lang) and K, Q: labels, support groups, query groups."""
-        key = (*pair, k, q)
-        if key not in self._pools:
-            a, b = pair
-            table = self._table
-            labels, sup, qry = [], [], []
-            for label in np.flatnonzero(self.allowed_labels):
-                label = int(label)
-                if a == -1:
-                    entry = table.get((-1, label))
-                    if entry and entry[1] >= k + q:
-                        labels.append(label), sup.append(entry[0]), qry.append(entry[0])
-                    continue
-                sa, sb = table.get((a, label)), table.get((b, label))
-                ok = sa and sb and (sa[1] >= k + q if a == b else (sa[1] >= k and sb[1] >= q))
-                if ok:
-                    labels.append(label), sup.append(sa[0]), qry.append(sb[0])
-            self._pools[key] = (np.array(labels, np.int64), np.array(sup, np.int64), np.array(qry, np.int64))
-        return self._pools[key]
+        pools = self._pools_of([pair], k, q)
+        size = pools.sizes[0]
+        return pools.labels[0, :size], pools.support[0, :size], pools.query[0, :size]
 
-    def _check_capacity(self) -> None:
-        """Name every class too small for K + Q and every language with fewer than N eligible classes."""
-        self._table = self._group_table() if self.mode != "classes" else self._pooled_table()
+    def _pool_table(self, k: int, q: int) -> _Pools:
+        """The pools of every kept pair (row = index in ``self.pairs``) for K, Q; built once."""
+        if (k, q) not in self._pool_tables:
+            self._pool_tables[(k, q)] = self._pools_of(self.pairs, k, q)
+        return self._pool_tables[(k, q)]
+
+    def _check_capacity(self) -> np.ndarray:
+        """Name every class too small for K + Q; return which pairs offer N classes (one warning for the rest).
+
+        A kept pair has N classes at the largest N, K, Q, so at every shape: pools only grow as K and Q shrink.
+        """
         k, q, n = self.k_range[1], self.q_range[1], self.n_range[1]
-        small: dict[str, dict[str, int]] = defaultdict(dict)
-        for (lang, label), (_, count) in self._table.items():
-            if self.allowed_labels[label] and count < k + q:
-                small[self._lang_name(lang)][self.index.label_names[label]] = count
-        if small:
-            listing = "; ".join(f"{lang or 'all'}: {classes}" for lang, classes in sorted(small.items()))
+        small = (self._group_of >= 0) & self.allowed_labels & (self._count_of < k + q)
+        by_lang: dict[str, dict[str, int]] = {}
+        for row, label in np.argwhere(small).tolist():
+            lang, name = self._lang_name(row - 1), self.index.label_names[label]
+            by_lang.setdefault(lang, {})[name] = int(self._count_of[row, label])
+        if by_lang:
+            listing = "; ".join(f"{lang or 'all'}: {classes}" for lang, classes in sorted(by_lang.items()))
             message = f"Classes with fewer than K + Q = {k + q} examples: {listing}"
             if self.on_small_class == "error":
                 raise ValueError(message + ". Lower K or Q, or pass on_small_class='skip' to leave them out.")
             warnings.warn(message + "; they are skipped in episodes that need that many.", stacklevel=3)
-        usable = []
-        for pair in self.pairs:
-            labels, _, _ = self.pool(pair, k, q)
-            if len(labels) >= n:
-                usable.append(pair)
-            else:
-                where = "" if pair[0] == -1 else f" in {self._pair_name(pair)}"
-                logger.warning("Only %d classes have enough examples%s for %d-way episodes.", len(labels), where, n)
-        if not usable:
-            offered = max(len(self.pool(p, k, q)[0]) for p in self.pairs)
+        sizes = self._pools_of(self.pairs, k, q).sizes
+        if sizes.max(initial=0) < n:
             raise ValueError(
-                f"N = {n} is larger than the classes on offer: at most {offered} classes have K + Q = {k + q} "
+                f"N = {n} is larger than the classes on offer: at most {sizes.max(initial=0)} classes have K + Q = {k + q} "
                 f"examples{'' if self.mode == 'classes' else ' in any one language (pair)'}. Lower n_way, k_shot or "
                 "q_query, or add classes."
             )
-        if len(usable) < len(self.pairs):
-            dropped = [self._pair_name(p) for p in self.pairs if p not in usable]
-            warnings.warn(f"Languages with too few classes for {n}-way episodes are left out: {dropped}", stacklevel=3)
-            self.pairs = usable
-
-    def _pooled_table(self) -> dict[tuple[int, int], tuple[int, int]]:
-        """Mode 'classes' over an index with languages needs one group a label: rebuild over labels alone."""
-        if len(set(self.index.group_lang.tolist())) > 1:
-            labels = np.empty(len(self.index.order), dtype=np.int64)
-            for g in range(self.index.num_groups):
-                labels[self.index.order[self.index.offsets[g] : self.index.offsets[g + 1]]] = self.index.group_label[g]
-            self.index = GroupIndex.build(labels, self.index.label_names)
-        return {(-1, int(label)): (g, int(c)) for g, (label, c) in
-                enumerate(zip(self.index.group_label, self.index.counts))}  # fmt: skip
+        kept = sizes >= n
+        if not kept.all():
+            dropped = [self._pair_name(pair) for pair, keep in zip(self.pairs, kept) if not keep]
+            more = f" and {len(dropped) - _LISTED} more" if len(dropped) > _LISTED else ""
+            warnings.warn(
+                f"Languages with too few classes for {n}-way episodes are left out: {dropped[:_LISTED]}{more} "
+                f"({len(dropped)} of {len(self.pairs)}; each has fewer than {n} classes with K = {k}, Q = {q} "
+                "examples)",
+                stacklevel=3,
+            )
+        return kept
 
     def _lang_name(self, lang: int) -> str:
         return self.index.lang_names[lang] if lang >= 0 else ""
@@ -193,60 +213,87 @@ class EpisodeSampler:
         return self.batch([episode_id])[0]
 
     def batch(self, episode_ids: Iterable[int]) -> list[Episode]:
-        """Episodes for these ids, drawn together (vectorised per shape and language pair)."""
+        """Episodes for these ids, drawn together (vectorised per shape, across language pairs)."""
         ids = np.asarray(list(episode_ids), dtype=np.int64)
         out: list[Episode | None] = [None] * len(ids)
-        for (pair, n, k, q), positions in self._plan(ids).items():
-            for pos, episode in zip(positions, self._draw(ids[positions], pair, n, k, q)):
+        pair_idx, shapes = self._plan(ids)
+        for (n, k, q), positions in shapes.items():
+            episodes = self._draw(ids[positions], pair_idx[positions], n, k, q)
+            for pos, episode in zip(positions.tolist(), episodes):
                 out[pos] = episode
         return out  # type: ignore[return-value]
 
-    def _plan(self, ids: np.ndarray) -> dict[tuple, np.ndarray]:
-        """Group episode ids by (language pair, N, K, Q), each drawn from its own stream."""
+    def _plan(self, ids: np.ndarray) -> tuple[np.ndarray, dict[tuple[int, int, int], np.ndarray]]:
+        """Each episode's language pair (index in ``self.pairs``), and the positions of each shape (N, K, Q).
+
+        Shapes, not pairs, make the groups: there are thousands of language pairs but few shapes, and a group
+        pays a fixed cost whatever its size.
+        """
         shape_u = uniform(episode_keys(self.seed, ids, _SHAPE), (3,))
-        sizes = [lo + np.floor(shape_u[:, j] * (hi - lo + 1)).astype(np.int64)
-                 for j, (lo, hi) in enumerate((self.n_range, self.k_range, self.q_range))]  # fmt: skip
+        ranges = (self.n_range, self.k_range, self.q_range)
+        sizes = np.stack([lo + np.floor(shape_u[:, j] * (hi - lo + 1)).astype(np.int64)
+                          for j, (lo, hi) in enumerate(ranges)], axis=1)  # fmt: skip
         lang_u = uniform(episode_keys(self.seed, ids, _LANG), (1,))[:, 0]
         pair_idx = np.minimum(np.searchsorted(self.pair_cdf, lang_u, side="right"), len(self.pairs) - 1)
-        plan: dict[tuple, list[int]] = defaultdict(list)
-        for i in range(len(ids)):
-            plan[(self.pairs[pair_idx[i]], int(sizes[0][i]), int(sizes[1][i]), int(sizes[2][i]))].append(i)
-        return {key: np.array(v) for key, v in plan.items()}
+        shapes, which = np.unique(sizes, axis=0, return_inverse=True)
+        which = which.reshape(-1)  # 1-D whatever the numpy version
+        groups = {(int(n), int(k), int(q)): np.flatnonzero(which == s) for s, (n, k, q) in enumerate(shapes)}
+        return pair_idx, groups
 
-    def _draw(self, ids: np.ndarray, pair: tuple[int, int], n: int, k: int, q: int) -> list[Episode]:
-        labels, sup_groups, qry_groups = self.pool(pair, k, q)
-        if len(labels) < n:
-            raise ValueError(
-                f"{n}-way episodes in {self._pair_name(pair) or 'the dataset'} need {n} classes with K + Q = {k + q}"
-                f" examples; only {len(labels)} have them. Lower n_way or the shots."
-            )
-        slots = choose(episode_keys(self.seed, ids, _CLASSES), len(labels), n)  # (B, n)
-        counts = self.index.counts
-        support_keys = subkeys(episode_keys(self.seed, ids, _SUPPORT), n)
-        if pair[0] == pair[1]:
-            offsets = without_replacement(support_keys, counts[sup_groups[slots]], k + q)
-            support = self.index.rows(sup_groups[slots][..., None], offsets[..., :k])
-            query = self.index.rows(qry_groups[slots][..., None], offsets[..., k:])
-        else:
-            query_keys = subkeys(episode_keys(self.seed, ids, _QUERY), n)
-            support = self.index.rows(sup_groups[slots][..., None],
-                                      without_replacement(support_keys, counts[sup_groups[slots]], k))
-            query = self.index.rows(qry_groups[slots][..., None],
-                                    without_replacement(query_keys, counts[qry_groups[slots]], q))  # fmt: skip
-        chosen = labels[slots]
-        s_lang, q_lang = self._lang_name(pair[0]), self._lang_name(pair[1])
-        names = self.index.label_names
+    def _draw(self, ids: np.ndarray, pair_idx: np.ndarray, n: int, k: int, q: int) -> list[Episode]:
+        """Episodes of one shape over any language pairs, in one pass over padded pool tables."""
+        pools = self._pool_table(k, q)
+        sizes = pools.sizes[pair_idx]
+        # Draw p of a key's stream depends on p alone, so the first `size` uniforms are those of
+        # choose(keys, size, n); padding set to 2.0 sorts last, leaving the same n slots in front.
+        u = uniform(episode_keys(self.seed, ids, _CLASSES), (int(sizes.max()),))
+        u[np.arange(u.shape[1]) >= sizes[:, None]] = 2.0
+        slots = np.argsort(u, axis=1, kind="stable")[:, :n]
+        rows = pair_idx[:, None]
+        chosen = pools.labels[rows, slots]
+        sup_groups, qry_groups = pools.support[rows, slots], pools.query[rows, slots]
+        support, query = self._examples(ids, self._same_lang[pair_idx], sup_groups, qry_groups, k, q)
+        # One writable row per episode (collate hands them to torch.from_numpy), built in one allocation.
+        support_labels = np.tile(np.repeat(np.arange(n), k), (len(ids), 1))
+        query_labels = np.tile(np.repeat(np.arange(n), q), (len(ids), 1))
+        names, langs = self.index.label_names, self._pair_langs
         return [
             Episode(
-                episode_id=int(ids[b]),
-                classes=chosen[b],
-                support=support[b].reshape(-1),
-                support_labels=np.repeat(np.arange(n), k),
-                query=query[b].reshape(-1),
-                query_labels=np.repeat(np.arange(n), q),
-                support_lang=s_lang,
-                query_lang=q_lang,
-                class_names=tuple(names[c] for c in chosen[b]),
+                episode_id=episode_id,
+                classes=classes,
+                support=sup,
+                support_labels=sup_labels,
+                query=qry,
+                query_labels=qry_labels,
+                support_lang=langs[p][0],
+                query_lang=langs[p][1],
+                class_names=tuple(names[c] for c in class_list),
             )
-            for b in range(len(ids))
-        ]
+            for episode_id, classes, sup, sup_labels, qry, qry_labels, p, class_list in zip(
+                ids.tolist(), chosen, support.reshape(len(ids), -1), support_labels, query.reshape(len(ids), -1),
+                query_labels, pair_idx.tolist(), chosen.tolist(),
+            )
+        ]  # fmt: skip
+
+    def _examples(
+        self, ids: np.ndarray, same: np.ndarray, sup_groups: np.ndarray, qry_groups: np.ndarray, k: int, q: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Support rows (B, N, K) and query rows (B, N, Q): same- and cross-language episodes in one draw each."""
+        n = sup_groups.shape[1]
+        counts, rows = self.index.counts, self.index.rows
+        support_keys = subkeys(episode_keys(self.seed, ids, _SUPPORT), n)
+        support = np.empty((len(ids), n, k), dtype=np.int64)
+        query = np.empty((len(ids), n, q), dtype=np.int64)
+        if same.any():  # K + Q rows of a class in one draw, so support and query never overlap
+            groups = sup_groups[same]
+            offsets = without_replacement(support_keys[same], counts[groups], k + q)
+            support[same] = rows(groups[..., None], offsets[..., :k])
+            query[same] = rows(groups[..., None], offsets[..., k:])
+        cross = ~same
+        if cross.any():
+            query_keys = subkeys(episode_keys(self.seed, ids[cross], _QUERY), n)
+            s_groups, q_groups = sup_groups[cross], qry_groups[cross]
+            s_offsets = without_replacement(support_keys[cross], counts[s_groups], k)
+            q_offsets = without_replacement(query_keys, counts[q_groups], q)
+            support[cross], query[cross] = rows(s_groups[..., None], s_offsets), rows(q_groups[..., None], q_offsets)
+        return support, query

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from transformers import Trainer
 
+from ..hub.callbacks import HubCardMixin
 from ..layers import LayerMap, LayerMapSpec, build_layer_map, unwrap_model
 from ..param_groups import layerwise_param_groups, reinit_
 from .callbacks import StrategyCallback
@@ -22,7 +23,7 @@ from .schedule import PhasedLR
 logger = logging.getLogger(__name__)
 
 
-class FineTuningTrainer(Trainer):
+class FineTuningTrainer(HubCardMixin, Trainer):
     """A Trainer for the strategies of :class:`FineTuningConfig`, alone or combined.
 
     ``layer_map`` may be given for architectures the automatic map cannot read (or set

@@ -79,8 +79,9 @@ class FineTune:
     With ``lp_ft`` the head is first fitted by a linear probe on frozen features (LP-FT).
     """
 
-    def __init__(self, steps: int = 20, lr: float = 5e-5, head_lr: float = 1e-2, lp_ft: bool = False) -> None:
-        self.steps, self.lr, self.head_lr, self.lp_ft = steps, lr, head_lr, lp_ft
+    def __init__(self, steps: int = 20, lr: float = 5e-5, head_lr: float = 1e-2, lp_ft: bool = False,
+                 probe_C: float = 1.0) -> None:  # fmt: skip
+        self.steps, self.lr, self.head_lr, self.lp_ft, self.probe_C = steps, lr, head_lr, lp_ft, probe_C
         self.name = "lp-ft" if lp_ft else "fine-tuning"
 
     def predict(self, model: nn.Module, support: Batch, query: Batch) -> torch.Tensor:
@@ -97,7 +98,7 @@ class FineTune:
             with torch.no_grad():
                 tuned(**model_inputs(support))
             handle.remove()
-            weight, bias = fit_probe(captured[0], support["labels"].cpu(), layer.out_features, C="auto")
+            weight, bias = fit_probe(captured[0], support["labels"].cpu(), layer.out_features, C=self.probe_C)
             with torch.no_grad():
                 layer.weight.copy_(weight.to(layer.weight))
                 if layer.bias is not None and bias is not None:

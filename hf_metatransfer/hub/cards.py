@@ -1,0 +1,387 @@
+"""Model cards: what a stranger needs to understand, load and reproduce a model, from the run's own numbers.
+
+A card is data (:class:`FineTunedCardData`, :class:`MetaLearnedCardData`) rendered through a Jinja template of
+``model_cards/`` (shipped as ``hf_metatransfer.model_cards``) with ``huggingface_hub.ModelCard.from_template``, so
+the YAML metadata is ``ModelCardData``'s own serialisation (model-index included) and parses back with
+``ModelCard``. The method section is written from the configuration values (never from a hand-written summary),
+so it cannot drift from what ran.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import re
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from . import plots
+
+LIBRARY_TAG = "hf-metatransfer"
+CARD_NAME = "README.md"
+#: Strategy tags, in the order the method section describes them.
+STRATEGY_TAGS = (
+    "lp-ft",
+    "layer-wise-lr-decay",
+    "gradual-unfreezing",
+    "slanted-triangular-lr",
+    "surgical-fine-tuning",
+    "auto-rgn",
+    "re-initialisation",
+)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_LOCAL_DATASETS = {"json", "csv", "parquet", "text", "ha_intents", "arrow"}
+Z95 = 1.959964  # two-sided 95% quantile of the normal distribution
+_VERSIONED = ("hf-metatransfer", "transformers", "torch", "datasets", "peft", "huggingface_hub")
+
+
+@dataclass
+class Result:
+    """One row of a results table and, unless it is a loss, one metric of the card's model-index."""
+
+    metric: str
+    value: float
+    split: str = "test"
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: int | None = None  # examples (one test set) or episodes (few-shot evaluation)
+    shots: int | None = None  # K of a K-shot evaluation
+    setting: str = ""  # e.g. "after the linear probe", "5-way, de"
+
+    @classmethod
+    def binomial(cls, metric: str, accuracy: float, n: int, **kwargs: Any) -> Result:
+        """An accuracy on ``n`` independent examples, with its 95% Wilson score interval."""
+        z = Z95
+        centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        # Rounded so that an accuracy of 1 gets an upper bound of 1, not 1 - 1e-16.
+        low, high = (round(min(1.0, max(0.0, x)), 12) for x in (centre - half, centre + half))
+        return cls(metric, accuracy, ci_low=low, ci_high=high, n=n, **kwargs)
+
+    @classmethod
+    def from_episodes(cls, metric: str, values: Sequence[float], **kwargs: Any) -> Result:
+        """The mean over evaluation episodes with the usual few-shot 95% interval, mean +- 1.96 sd / sqrt(n)."""
+        mean = statistics.fmean(values)
+        half = Z95 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+        return cls(metric, mean, ci_low=mean - half, ci_high=mean + half, n=len(values), **kwargs)
+
+
+@dataclass
+class CardData:
+    """What every card of the library says: identity, data, languages, results and how to reproduce them."""
+
+    template: ClassVar[str]
+    model_id: str
+    base_model: str | None = None
+    datasets: list[str] = field(default_factory=list)  # Hub dataset ids, for the metadata
+    dataset_name: str | None = None  # how the text names the data (a Hub id or a description)
+    language: list[str] = field(default_factory=list)
+    license: str = "apache-2.0"
+    pipeline_tag: str = "text-classification"
+    library_name: str = "transformers"
+    tags: list[str] = field(default_factory=list)
+    results: list[Result] = field(default_factory=list)
+    reproduce: dict[str, Any] = field(default_factory=dict)  # the configuration of the run, as recipe YAML
+
+    def all_tags(self) -> list[str]:
+        return list(dict.fromkeys([LIBRARY_TAG, *self.tags]))
+
+    def metric_label(self, result: Result) -> str:
+        return " ".join(p for p in (result.metric, f"({result.setting})" if result.setting else "") if p)
+
+    def hub_datasets(self) -> list[str]:
+        return list(self.datasets)
+
+    def languages(self) -> list[str]:
+        return list(self.language)
+
+    def metadata(self) -> ModelCardData:
+        """The YAML header: base model, data, languages, library, tags, license, task and model-index."""
+        datasets = self.hub_datasets()
+        dataset_type = datasets[0] if datasets else (self.dataset_name or "custom")
+        evals = [
+            EvalResult(
+                task_type=self.pipeline_tag,
+                dataset_type=dataset_type,
+                dataset_name=self.dataset_name or dataset_type,
+                dataset_split=r.split,
+                metric_type=r.metric,
+                metric_value=round(float(r.value), 6),
+                metric_name=self.metric_label(r),
+            )
+            for r in self.results
+            if not r.metric.endswith("loss")
+        ]
+        return ModelCardData(
+            base_model=self.base_model,
+            datasets=datasets or None,
+            language=self.languages() or None,
+            library_name=self.library_name,
+            license=self.license,
+            pipeline_tag=self.pipeline_tag,
+            tags=self.all_tags(),
+            model_name=self.model_id if evals else None,
+            eval_results=evals or None,
+        )
+
+    def template_kwargs(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "base_model": self.base_model,
+            "dataset_name": self.dataset_name or (self.datasets[0] if self.datasets else None),
+            "language": self.languages(),
+            "pipeline_tag": self.pipeline_tag,
+            "library_name": self.library_name,
+            "results": [asdict(r) for r in self.results],
+            "reproduce_yaml": yaml.safe_dump(self.reproduce, sort_keys=False, allow_unicode=True).strip()
+            if self.reproduce
+            else "",
+            "versions": _versions(),
+        }
+
+    def plot(self, folder: Path) -> str | None:
+        """Draw the card's figure into ``folder``; its file name, or None when there is nothing to draw."""
+        return None
+
+
+@dataclass
+class FineTunedCardData(CardData):
+    """A model fine-tuned by :class:`~hf_metatransfer.FineTuningTrainer` (or the finetune recipe)."""
+
+    template: ClassVar[str] = "finetuned.md"
+    # FineTuningConfig.strategy_fields() and their values.
+    strategy: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)  # learning_rate, num_train_epochs, batch size, ...
+    labels: list[str] = field(default_factory=list)
+    linear_probe: dict[str, Any] | None = None  # FineTuningTrainer.linear_probe_info
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+    def all_tags(self) -> list[str]:
+        return list(dict.fromkeys([LIBRARY_TAG, "fine-tuned", *strategy_tags(self.strategy), *self.tags]))
+
+    def template_kwargs(self) -> dict[str, Any]:
+        kwargs = super().template_kwargs()
+        kwargs.update(
+            s=self.strategy,
+            strategies=strategy_tags(self.strategy),
+            training=self.training,
+            labels=self.labels,
+            linear_probe=self.linear_probe,
+            strategy_kwargs=_call_kwargs(non_default_strategy(self.strategy)),
+        )
+        return kwargs
+
+    def plot(self, folder: Path) -> str | None:
+        name = "learning_curve.png"
+        return name if plots.learning_curve(self.log_history, folder / name) else None
+
+
+@dataclass
+class MetaLearnedCardData(CardData):
+    """A meta-learned initialisation (MAML, FOMAML, Reptile, ANIL, ProtoNets, Meta-SGD) and its adapted models."""
+
+    template: ClassVar[str] = "meta_learned.md"
+    algorithm: str = "MAML"
+    n_way: int = 5
+    k_shot: int = 1
+    q_query: int = 15
+    inner_steps: int = 5
+    inner_lr: float = 1e-2
+    outer_lr: float = 1e-5
+    meta_batch_size: int = 4
+    meta_steps: int = 0
+    first_order: bool = False
+    fast_weights: str = "all"  # what adapts in the inner loop: "all", "head", or a description
+    train_languages: list[str] = field(default_factory=list)
+    test_languages: list[str] = field(default_factory=list)
+    train_classes: list[str] = field(default_factory=list)
+    test_classes: list[str] = field(default_factory=list)
+    episodes_repo: str | None = None  # the dataset repo of the evaluation episodes
+    adapted: list[str] = field(default_factory=list)  # tasks published under adapted/<task>
+    adapted_are_adapters: bool = False  # adapted/<task> holds PEFT adapters rather than whole models
+
+    def all_tags(self) -> list[str]:
+        algorithm = re.sub(r"[^a-z0-9]+", "-", self.algorithm.lower()).strip("-")
+        return list(dict.fromkeys([LIBRARY_TAG, "meta-learning", "few-shot", algorithm, *self.tags]))
+
+    def metric_label(self, result: Result) -> str:
+        shots = result.shots if result.shots is not None else self.k_shot
+        setting = f", {result.setting}" if result.setting else ""
+        return f"{result.metric} ({self.n_way}-way {shots}-shot{setting})"
+
+    def hub_datasets(self) -> list[str]:
+        return list(dict.fromkeys([*self.datasets, *([self.episodes_repo] if self.episodes_repo else [])]))
+
+    def languages(self) -> list[str]:
+        return list(dict.fromkeys([*self.language, *self.train_languages, *self.test_languages]))
+
+    def template_kwargs(self) -> dict[str, Any]:
+        kwargs = super().template_kwargs()
+        kwargs.update(
+            {
+                k: getattr(self, k)
+                for k in (
+                    "algorithm",
+                    "n_way",
+                    "k_shot",
+                    "q_query",
+                    "inner_steps",
+                    "inner_lr",
+                    "outer_lr",
+                    "meta_batch_size",
+                    "meta_steps",
+                    "first_order",
+                    "fast_weights",
+                    "train_languages",
+                    "test_languages",
+                    "train_classes",
+                    "test_classes",
+                    "episodes_repo",
+                    "adapted",
+                    "adapted_are_adapters",
+                )
+            }
+        )
+        kwargs["algo"] = self.algorithm.lower().replace("-", "").replace("_", "")
+        kwargs["languages"] = self.languages()
+        return kwargs
+
+    def plot(self, folder: Path) -> str | None:
+        name = "accuracy_vs_shots.png"
+        points = [
+            (r.setting or r.split, r.shots, r.value, r.ci_low, r.ci_high)
+            for r in self.results
+            if r.shots is not None and r.metric == "accuracy"
+        ]
+        return name if plots.accuracy_vs_shots(points, folder / name) else None
+
+
+def strategy_tags(strategy: Mapping[str, Any]) -> list[str]:
+    """Tags of the strategies a FineTuningConfig turned on (empty for plain fine-tuning)."""
+    on = {
+        "lp-ft": bool(strategy.get("lp_ft")),
+        "layer-wise-lr-decay": (strategy.get("layerwise_lr_decay") or 1.0) < 1.0,
+        "gradual-unfreezing": bool(strategy.get("gradual_unfreezing")),
+        "slanted-triangular-lr": bool(strategy.get("slanted_triangular")),
+        "surgical-fine-tuning": strategy.get("surgical_blocks") is not None,
+        "auto-rgn": bool(strategy.get("auto_rgn")),
+        "re-initialisation": bool(strategy.get("reinit_head") or strategy.get("reinit_top_k_blocks")),
+    }
+    return [tag for tag in STRATEGY_TAGS if on[tag]]
+
+
+def hub_id(name_or_path: str | None) -> str | None:
+    """The Hub id a model or dataset name stands for: None for local folders and loader names (json, csv...)."""
+    if not name_or_path or name_or_path in _LOCAL_DATASETS:
+        return None
+    if name_or_path == "embedded":
+        from ..data.packaged_models import MINILM
+
+        return MINILM
+    try:
+        from ..data.packaged_models import MINILM, minilm_path
+
+        if Path(name_or_path).resolve() == Path(minilm_path()).resolve():
+            return MINILM
+    except ImportError:
+        pass
+    if Path(name_or_path).exists() or not _HUB_ID.match(name_or_path):
+        return None
+    return name_or_path
+
+
+def results_from_json(results: Mapping[str, Any]) -> list[Result]:
+    """Rows of the finetune recipe's ``results.json``: test accuracy with its interval, macro-F1, the probe."""
+    rows = []
+    n = results.get("test_examples")
+    if results.get("test_accuracy") is not None:
+        rows.append(
+            Result.binomial("accuracy", results["test_accuracy"], n)
+            if n
+            else Result("accuracy", results["test_accuracy"])
+        )
+    if results.get("test_f1") is not None:
+        rows.append(Result("f1", results["test_f1"], n=n, setting="macro"))
+    probe = results.get("linear_probe") or {}
+    if probe.get("test_accuracy") is not None:
+        setting = "after the linear probe (LP)"
+        rows.append(
+            Result.binomial("accuracy", probe["test_accuracy"], n, setting=setting)
+            if n
+            else Result("accuracy", probe["test_accuracy"], setting=setting)
+        )
+    return rows
+
+
+def fine_tuned_card_from_results(
+    saved: Mapping[str, Any], model_id: str, **overrides: Any
+) -> FineTunedCardData:
+    """Card data from the finetune recipe's ``results.json`` (``{"results": ..., "strategies": ...}``)."""
+    results, strategy = saved.get("results", {}), dict(saved.get("strategies", {}))
+    dataset = results.get("dataset")
+    reproduce = {"model_name_or_path": results.get("model"), "dataset_name": dataset}
+    reproduce.update(non_default_strategy(strategy))
+    data: dict[str, Any] = {
+        "model_id": model_id,
+        "base_model": hub_id(results.get("model")),
+        "datasets": [d] if (d := hub_id(dataset)) else [],
+        "dataset_name": "home-assistant-intents" if dataset == "ha_intents" else dataset,
+        "results": results_from_json(results),
+        "strategy": strategy,
+        "training": {
+            "train_examples": results.get("train_examples"),
+            "train_seconds": results.get("train_seconds"),
+        },
+        "linear_probe": results.get("linear_probe"),
+        "reproduce": {k: v for k, v in reproduce.items() if v is not None},
+    }
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return FineTunedCardData(**data)
+
+
+def render_card(data: CardData, plot: str | None = None) -> ModelCard:
+    """The card of ``data`` rendered from its template; ``plot`` is the file name of a figure beside it."""
+    template = files("hf_metatransfer.model_cards").joinpath(data.template).read_text(encoding="utf-8")
+    return ModelCard.from_template(
+        data.metadata(), template_str=template, plot=plot, **data.template_kwargs()
+    )
+
+
+def write_card(data: CardData, folder: str | Path) -> Path:
+    """Write ``README.md`` (and its figure, when matplotlib is installed) into ``folder``; the README's path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    card = render_card(data, plot=data.plot(folder))
+    path = folder / CARD_NAME
+    card.save(path)
+    return path
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for name in _VERSIONED:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _call_kwargs(values: Mapping[str, Any]) -> str:
+    """``k=v`` pairs as Python source (for the code snippet of a card)."""
+    return ", ".join(f"{k}={v!r}" for k, v in values.items())
+
+
+def non_default_strategy(strategy: Mapping[str, Any]) -> dict[str, Any]:
+    """The strategy values a run changed from FineTuningConfig's defaults (what a config must set to repeat it)."""
+    from ..finetune.config import FineTuningConfig  # here: the trainer imports this package
+
+    defaults = {f.name: f.default for f in fields(FineTuningConfig) if f.default is not MISSING}
+    return {k: v for k, v in strategy.items() if k not in defaults or v != defaults[k]}

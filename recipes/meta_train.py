@@ -1,0 +1,120 @@
+"""Meta-train a Hub encoder on few-shot episodes, then meta-test it against the non-meta baselines.
+
+    python recipes/meta_train.py --config recipes/configs/meta_protonets.yaml
+    torchrun --nproc_per_node 2 recipes/meta_train.py --config recipes/configs/meta_fomaml.yaml
+    hf-metatransfer meta-train --algorithm fomaml --n_way 5 --k_shot 5 --max_steps 100
+
+With no model named it runs offline on all-MiniLM-L6-v2 and the multilingual intents of ``home-assistant-intents``:
+class-disjoint meta-train / meta-val / meta-test intents, episodes in the languages asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from hf_metatransfer.cli_args import parse_args
+from hf_metatransfer.episodes import EpisodeCollator, TokenStore, episodes_to_dataset, tokenize_dataset
+from hf_metatransfer.episodes.presets import ha_intents_tasks
+from hf_metatransfer.meta import (
+    FineTune,
+    LinearProbe,
+    MetaTrainer,
+    MetaTrainingConfig,
+    NearestCentroid,
+    meta_test,
+)
+from hf_metatransfer.recipes.finetune import EMBEDDED, ModelArguments
+
+logger = logging.getLogger("hf_metatransfer.meta_train")
+
+BASELINES = {
+    "nearest-centroid": NearestCentroid,
+    "linear-probe": LinearProbe,
+    "fine-tuning": lambda: FineTune(steps=20, lp_ft=False),
+    "lp-ft": lambda: FineTune(steps=20, lp_ft=True),
+}
+
+
+@dataclass
+class EpisodeArguments:
+    languages: list[str] = field(default_factory=lambda: ["en"], metadata={"help": "Languages of ha_intents."})
+    mode: str = field(default="classes", metadata={"help": "'classes', 'monolingual' or 'cross-lingual'."})
+    support_languages: list[str] | None = field(default=None, metadata={"help": "Cross-lingual: support side."})
+    query_languages: list[str] | None = field(default=None, metadata={"help": "Cross-lingual: query side."})
+    n_way: int = field(default=5, metadata={"help": "Classes an episode (N)."})
+    k_shot: int = field(default=5, metadata={"help": "Support examples a class (K)."})
+    q_query: int = field(default=10, metadata={"help": "Query examples a class (Q)."})
+    class_ratios: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2], metadata={"help": "Class split."})
+    cap_per_intent: int = field(default=200, metadata={"help": "Sentences a (language, intent) from the templates."})
+    slots: str = field(default="fill", metadata={"help": "Slot placeholders: 'fill', 'strip' or 'keep'."})
+    max_length: int = field(default=32, metadata={"help": "Token length after truncation."})
+    test_episodes: int = field(default=100, metadata={"help": "Meta-test episodes (the same for every method)."})
+    baselines: list[str] = field(
+        default_factory=lambda: list(BASELINES), metadata={"help": f"Non-meta baselines, of {list(BASELINES)}."}
+    )
+
+
+def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingConfig) -> dict:
+    logging.basicConfig(level=logging.INFO)
+    unknown = [b for b in ep.baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"Unknown baselines {unknown}: use any of {list(BASELINES)}.")
+    name = model_args.model_name_or_path
+    if name == EMBEDDED:
+        from hf_metatransfer.data import minilm_path
+
+        name = minilm_path()
+    tasks = ha_intents_tasks(languages=ep.languages, seed=config.seed, class_ratios=ep.class_ratios,
+                             slots=ep.slots, cap_per_intent=ep.cap_per_intent)  # fmt: skip
+    logger.info(tasks.summary())
+    tokenizer = AutoTokenizer.from_pretrained(name, revision=model_args.revision,
+                                              trust_remote_code=model_args.trust_remote_code)  # fmt: skip
+    collate = EpisodeCollator(TokenStore(tokenize_dataset(tasks.dataset, tokenizer, max_length=ep.max_length),
+                                         tokenizer.pad_token_id))  # fmt: skip
+
+    def sampler(split: str, seed: int):
+        return tasks.sampler(split, ep.n_way, ep.k_shot, ep.q_query, mode=ep.mode, seed=seed,
+                             support_languages=ep.support_languages, query_languages=ep.query_languages)  # fmt: skip
+
+    def load_model():
+        return AutoModelForSequenceClassification.from_pretrained(
+            name, revision=model_args.revision, trust_remote_code=model_args.trust_remote_code,
+            use_safetensors=True, num_labels=ep.n_way,
+        )  # fmt: skip
+
+    model = load_model()
+    trainer = MetaTrainer(model, config, sampler("train", config.seed), collate,
+                          eval_sampler=sampler("validation", config.seed + 1))  # fmt: skip
+    trainer.train()
+    results = {"episodes": asdict(ep), "meta_training": asdict(config), "meta_test": []}
+    if trainer.accelerator.is_main_process:
+        test_episodes = sampler("test", config.seed + 2).batch(range(ep.test_episodes))
+        out = Path(config.output_dir)
+        episodes_to_dataset(test_episodes).save_to_disk(out / "test_episodes")
+        rows = [meta_test(model, trainer.algorithm, test_episodes, collate, name=f"{config.algorithm} (meta-learned)")]
+        pretrained = load_model()
+        for baseline in ep.baselines:
+            rows.append(meta_test(pretrained, BASELINES[baseline](), test_episodes, collate, name=baseline))
+        results["meta_test"] = [asdict(r) for r in rows]
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+        print(f"\n{ep.n_way}-way {ep.k_shot}-shot, {ep.test_episodes} test episodes of held-out intents "
+              f"({ep.mode}, {', '.join(ep.languages)})")  # fmt: skip
+        print("| method | accuracy (%) +- 95% CI | adaptation s/episode | episodes |\n|---|---|---|---|")
+        print("\n".join(r.row() for r in rows))
+    return results
+
+
+def cli(argv: list[str] | None = None) -> dict:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return main(*parse_args((ModelArguments, EpisodeArguments, MetaTrainingConfig), argv))
+
+
+if __name__ == "__main__":
+    cli(sys.argv[1:])

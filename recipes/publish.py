@@ -1,0 +1,128 @@
+"""Publish an output folder (model or adapter, card, config, results.json) to a Hub repository.
+
+    python recipes/publish.py --folder outputs/finetune_lpft --repo_id me/minilm-intents-lpft
+    hf-metatransfer publish --folder outputs/finetune_lpft --repo_id me/minilm-intents-lpft --language en
+
+The token comes from ``HF_TOKEN`` or ``hf auth login`` (a ``--token`` flag works too, but lands in the shell
+history). When the folder has no ``README.md``, the card is written from the finetune recipe's ``results.json``
+first (into the folder, so the local copy matches the published one). A push that keeps failing leaves the folder
+as it was and exits with the reason; run the same command again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hf_metatransfer.cli_args import parse_args
+from hf_metatransfer.hub import PublishError, fine_tuned_card_from_results, push_folder, write_card
+from hf_metatransfer.hub.cards import CARD_NAME
+
+logger = logging.getLogger("hf_metatransfer.publish")
+
+
+@dataclass
+class PublishArguments:
+    folder: str = field(metadata={"help": "The output folder to publish (e.g. outputs/finetune_lpft)."})
+    repo_id: str = field(
+        metadata={"help": "Hub repository, 'user/name' or 'org/name'; created when missing."}
+    )
+    repo_type: str = field(default="model", metadata={"help": "'model' or 'dataset'."})
+    path_in_repo: str | None = field(
+        default=None, metadata={"help": "Subfolder of the repo, e.g. adapted/<task> for an adapted model."}
+    )
+    revision: str | None = field(default=None, metadata={"help": "Branch to push to (created from main)."})
+    private: bool | None = field(
+        default=None, metadata={"help": "Create the repo private (no effect if it exists)."}
+    )
+    token: str | None = field(
+        default=None,
+        metadata={"help": "Hub token; prefer HF_TOKEN or `hf auth login` (never written anywhere)."},
+    )
+    commit_message: str = field(default="Upload with hf-metatransfer", metadata={"help": "Commit message."})
+    language: list[str] | None = field(
+        default=None, metadata={"help": "Languages of the model (ISO 639), for the card."}
+    )
+    license: str = field(default="apache-2.0", metadata={"help": "License of the model, for the card."})
+    base_model: str | None = field(
+        default=None,
+        metadata={"help": "Hub id of the base model, for the card (default: from results.json)."},
+    )
+    datasets: list[str] | None = field(
+        default=None, metadata={"help": "Hub ids of the training data, for the card."}
+    )
+    regenerate_card: bool = field(
+        default=False, metadata={"help": "Rewrite README.md from results.json even when the folder has one."}
+    )
+    max_retries: int = field(
+        default=5, metadata={"help": "Retries of transient failures (5xx, broken connections)."}
+    )
+
+
+def ensure_card(args: PublishArguments) -> Path:
+    """The folder's card, written from ``results.json`` when missing (or when asked to)."""
+    folder = Path(args.folder)
+    card = folder / CARD_NAME
+    if card.is_file() and not args.regenerate_card:
+        return card
+    results = folder / "results.json"
+    if not results.is_file():
+        raise SystemExit(
+            f"{folder} has no {CARD_NAME} and no results.json to write one from: publish the output folder of a "
+            "recipe (hf-metatransfer finetune writes both), or add a README.md."
+        )
+    data = fine_tuned_card_from_results(
+        json.loads(results.read_text()),
+        model_id=args.repo_id,
+        language=args.language,
+        license=args.license,
+        base_model=args.base_model,
+        datasets=args.datasets,
+    )
+    path = write_card(data, folder)
+    logger.info("wrote %s from %s", path, results)
+    return path
+
+
+def main(args: PublishArguments) -> str:
+    """Publish the folder; the URL of the commit."""
+    logging.basicConfig(level=logging.INFO)
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise SystemExit(f"{folder} is not a folder.")
+    if args.repo_type == "model" and not any(
+        (folder / f).is_file() for f in ("config.json", "adapter_config.json")
+    ):
+        raise SystemExit(
+            f"{folder} has no config.json or adapter_config.json: it does not look like a saved model."
+        )
+    ensure_card(args)
+    try:
+        commit = push_folder(
+            folder,
+            args.repo_id,
+            repo_type=args.repo_type,
+            path_in_repo=args.path_in_repo,
+            token=args.token,
+            private=args.private,
+            revision=args.revision,
+            commit_message=args.commit_message,
+            max_retries=args.max_retries,
+        )
+    except PublishError as err:
+        raise SystemExit(str(err)) from None
+    if commit is None:  # not the main process
+        return ""
+    print(f"Published {folder} to {commit.commit_url}")
+    return commit.commit_url
+
+
+def cli(argv: list[str] | None = None) -> str:
+    return main(*parse_args((PublishArguments,), argv))
+
+
+if __name__ == "__main__":
+    cli(sys.argv[1:])
