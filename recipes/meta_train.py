@@ -22,6 +22,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from hf_metatransfer.cli_args import parse_args
 from hf_metatransfer.episodes import EpisodeCollator, TokenStore, episodes_to_dataset, tokenize_dataset
 from hf_metatransfer.episodes.presets import ha_intents_tasks
+from hf_metatransfer.hub.cards import hub_id
 from hf_metatransfer.meta import (
     FineTune,
     LinearProbe,
@@ -61,7 +62,34 @@ class EpisodeArguments:
     )
 
 
-def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingConfig) -> dict:
+@dataclass
+class PublishArguments:
+    push_to_hub: str | None = field(default=None, metadata={"help": "Repo id to push the model, card and episodes to."})
+    hub_private: bool | None = field(default=None, metadata={"help": "Create the Hub repos as private."})
+
+
+def write_card(folder: Path, model_id: str, base_model: str | None, ep: EpisodeArguments,
+               config: MetaTrainingConfig, algorithm, tasks, rows, episodes_repo: str | None) -> None:  # fmt: skip
+    """The meta-learned model's card: method, N/K/Q, languages, class splits, results with CIs."""
+    from hf_metatransfer.hub.cards import MetaLearnedCardData, Result, write_card
+
+    data = MetaLearnedCardData(
+        model_id=model_id, base_model=base_model, dataset_name="home-assistant-intents",
+        language=list(ep.languages), algorithm=config.algorithm, n_way=ep.n_way, k_shot=ep.k_shot,
+        q_query=ep.q_query, inner_steps=algorithm.inner_steps, inner_lr=algorithm.inner_lr,
+        outer_lr=config.outer_lr, meta_batch_size=config.meta_batch_size, meta_steps=config.max_steps,
+        first_order=config.algorithm in ("fomaml", "reptile"), fast_weights=algorithm.fast_weights,
+        train_languages=list(ep.languages), test_languages=list(ep.languages),
+        train_classes=tasks.class_names("train"), test_classes=tasks.class_names("test"),
+        episodes_repo=episodes_repo,
+        results=[Result.from_episodes("accuracy", r.per_episode, shots=ep.k_shot, setting=r.method) for r in rows],
+        reproduce={**asdict(ep), **asdict(config)},
+    )  # fmt: skip
+    write_card(data, folder)
+
+
+def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingConfig,
+         publish: PublishArguments | None = None) -> dict:  # fmt: skip
     logging.basicConfig(level=logging.INFO)
     unknown = [b for b in ep.baselines if b not in BASELINES]
     if unknown:
@@ -108,12 +136,24 @@ def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingC
               f"({ep.mode}, {', '.join(ep.languages)})")  # fmt: skip
         print("| method | accuracy (%) +- 95% CI | adaptation s/episode | episodes |\n|---|---|---|---|")
         print("\n".join(r.row() for r in rows))
+        publish = publish or PublishArguments()
+        episodes_repo = f"{publish.push_to_hub}-episodes" if publish.push_to_hub else None
+        tokenizer.save_pretrained(out)
+        base_model = hub_id(model_args.model_name_or_path)
+        write_card(out, publish.push_to_hub or out.name, base_model, ep, config, trainer.algorithm, tasks, rows,
+                   episodes_repo)  # fmt: skip
+        if publish.push_to_hub:
+            from hf_metatransfer.hub.publish import push_episodes, push_folder
+
+            push_folder(out, publish.push_to_hub, private=publish.hub_private,
+                        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "best/**", "test_episodes/**"])
+            push_episodes(episodes_to_dataset(test_episodes), episodes_repo, private=publish.hub_private)
     return results
 
 
 def cli(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return main(*parse_args((ModelArguments, EpisodeArguments, MetaTrainingConfig), argv))
+    return main(*parse_args((ModelArguments, EpisodeArguments, MetaTrainingConfig, PublishArguments), argv))
 
 
 if __name__ == "__main__":

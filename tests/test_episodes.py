@@ -1,4 +1,6 @@
 import collections
+import logging
+import warnings
 
 import datasets
 import numpy as np
@@ -232,3 +234,100 @@ def test_tokenised_episodes_pad_like_the_tokenizer(ds, builder, side):
     assert torch.equal(batch["support"]["input_ids"], ref["input_ids"])
     assert torch.equal(batch["support"]["attention_mask"], ref["attention_mask"])
     assert batch["query"]["labels"].tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def brute_force_episode(sampler, episode_id):
+    """Episode ``episode_id`` drawn alone, the plain way: its own pool, ``choose`` over it, one class at a time."""
+    from hf_metatransfer.episodes.random import choose, subkeys, uniform
+    from hf_metatransfer.episodes.sampler import _CLASSES, _LANG, _QUERY, _SHAPE, _SUPPORT
+
+    index, ids = sampler.index, np.array([episode_id])
+    u = uniform(episode_keys(sampler.seed, ids, _SHAPE), (3,))[0]
+    n, k, q = (lo + int(np.floor(u[j] * (hi - lo + 1)))
+               for j, (lo, hi) in enumerate((sampler.n_range, sampler.k_range, sampler.q_range)))  # fmt: skip
+    lang_u = uniform(episode_keys(sampler.seed, ids, _LANG), (1,))[0, 0]
+    pair = min(int(np.searchsorted(sampler.pair_cdf, lang_u, side="right")), len(sampler.pairs) - 1)
+    a, b = sampler.pairs[pair]
+    pool = []  # (label, support group, query group); mode 'classes' (a == b == -1) re-indexes to language 0
+    for label in np.flatnonzero(sampler.allowed_labels).tolist():
+        ga, gb = index.group(max(a, 0), label), index.group(max(b, 0), label)
+        if ga is None or gb is None:
+            continue
+        ca, cb = index.counts[ga], index.counts[gb]
+        if (ca >= k + q) if a == b else (ca >= k and cb >= q):
+            pool.append((label, ga, gb))
+    assert sampler.pool((a, b), k, q)[0].tolist() == [label for label, _, _ in pool]
+    chosen = [pool[s] for s in choose(episode_keys(sampler.seed, ids, _CLASSES), len(pool), n)[0]]
+    support_keys = subkeys(episode_keys(sampler.seed, ids, _SUPPORT), n)[0]
+    query_keys = subkeys(episode_keys(sampler.seed, ids, _QUERY), n)[0]
+    support, query = [], []
+    for j, (_, ga, gb) in enumerate(chosen):
+        rows_a, rows_b = (index.order[index.offsets[g] : index.offsets[g + 1]] for g in (ga, gb))
+        if a == b:
+            offsets = without_replacement(support_keys[j : j + 1], index.counts[[ga]], k + q)[0]
+            support += rows_a[offsets[:k]].tolist()
+            query += rows_a[offsets[k:]].tolist()
+        else:
+            support += rows_a[without_replacement(support_keys[j : j + 1], index.counts[[ga]], k)[0]].tolist()
+            query += rows_b[without_replacement(query_keys[j : j + 1], index.counts[[gb]], q)[0]].tolist()
+    lang = [index.lang_names[x] if x >= 0 else "" for x in (a, b)]
+    return {
+        "episode_id": episode_id,
+        "classes": [label for label, _, _ in chosen],
+        "class_names": [index.label_names[label] for label, _, _ in chosen],
+        "support": support,
+        "support_labels": np.repeat(np.arange(n), k).tolist(),
+        "query": query,
+        "query_labels": np.repeat(np.arange(n), q).tolist(),
+        "support_lang": lang[0],
+        "query_lang": lang[1],
+    }
+
+
+def uneven_languages():
+    """Pools that differ by language pair: 'en' lacks 4 classes, one 'fr' class is small, 'it' has 2 classes."""
+    data = datasets.concatenate_datasets([toy(n_classes=8, per_class=12, langs=["de", "en", "fr"]),
+                                          toy(n_classes=2, per_class=12, langs=["it"])])  # fmt: skip
+    return data.filter(lambda r, i: not ((r["lang"] == "en" and r["intent"] < "intent_04")
+                                         or (r["lang"] == "fr" and r["intent"] == "intent_03" and i % 4)),
+                       with_indices=True)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(n_way=3, k_shot=2, q_query=3, classes=[0, 2, 3, 5, 7]),
+        dict(n_way=(2, 4), k_shot=(1, 3), q_query=(1, 3), mode="monolingual", language_weights={"de": 3.0}),
+        dict(n_way=(2, 4), k_shot=(1, 3), q_query=(0, 3), mode="cross-lingual", seed=5),
+        dict(n_way=3, k_shot=2, q_query=2, mode="cross-lingual", support_languages=["fr"], seed=1),
+    ],
+)
+def test_batched_episodes_equal_episodes_drawn_one_at_a_time(kwargs):
+    # The sampler vectorises across language pairs and shapes over padded pool tables; each episode must still
+    # be exactly the one its own pool, `choose` and `without_replacement` give.
+    builder = EpisodeBuilder(uneven_languages(), label_column="intent", lang_column="lang")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # small classes, and 'it' left out
+        sampler = builder.sampler(**kwargs)
+    ids = list(range(40)) + [987_654_321, 2**40 + 3]
+    episodes = sampler.batch(ids)
+    assert {e.support_lang for e in episodes} >= ({"fr"} if "support_languages" in kwargs else set())
+    for episode_id, e in zip(ids, episodes):
+        assert e.to_dict() == brute_force_episode(sampler, episode_id)
+    if sampler.mode == "cross-lingual" and "support_languages" not in kwargs:
+        assert len({(e.support_lang, e.query_lang) for e in episodes}) > 1  # several pools in one batch
+
+
+def test_language_pairs_left_out_make_one_warning(caplog):
+    small = ["l0", "l1", "l2", "l3", "l4", "l5"]
+    data = datasets.concatenate_datasets([toy(n_classes=6, per_class=5, langs=["en", "de"]),
+                                          toy(n_classes=2, per_class=5, langs=small)])  # fmt: skip
+    builder = EpisodeBuilder(data, label_column="intent", lang_column="lang")
+    with caplog.at_level(logging.DEBUG, logger="hf_metatransfer.episodes.sampler"):
+        with pytest.warns(UserWarning) as caught:
+            sampler = builder.sampler(3, 2, 2, mode="cross-lingual")
+    assert not caplog.records
+    (message,) = [str(w.message) for w in caught]
+    assert message.startswith("Languages with too few classes for 3-way episodes are left out: ['de->l0',")
+    assert " and 34 more (54 of 56;" in message
+    assert sorted(sampler.pairs) == sorted([(0, 1), (1, 0)]) and len(sampler.pair_cdf) == 2

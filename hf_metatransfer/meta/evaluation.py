@@ -39,6 +39,7 @@ class MetaTestResult:
     ci95: float
     seconds_per_episode: float
     episodes: int
+    per_episode: list[float]
 
     def row(self) -> str:
         return (f"| {self.method} | {100 * self.accuracy:.1f} +- {100 * self.ci95:.1f} | "
@@ -139,4 +140,4 @@ def meta_test(
         seconds += time.perf_counter() - start
         accuracies.append((logits.argmax(-1).cpu() == query["labels"].cpu()).float().mean().item())
     mean, half = confidence_interval(accuracies)
-    return MetaTestResult(name or method.name, mean, half, seconds / max(len(episodes), 1), len(episodes))
+    return MetaTestResult(name or method.name, mean, half, seconds / max(len(episodes), 1), len(episodes), accuracies)

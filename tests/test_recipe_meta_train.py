@@ -1,0 +1,36 @@
+"""The meta-train recipe end to end on a tiny model: meta-train, meta-test against baselines, card, push."""
+
+import json
+
+from huggingface_hub import HfApi, ModelCard
+
+from hf_metatransfer.recipes.meta_train import cli
+from tests.hub_server import TOKEN, hub_fixture  # noqa: F401 - the fixture 'hub'
+from tests.test_recipe_finetune import tiny_checkpoint  # noqa: F401 - the fixture
+
+
+def test_meta_train_recipe_tests_baselines_writes_card_and_pushes(hub, tmp_path, tiny_checkpoint, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    out = tmp_path / "run"
+    results = cli([
+        "--model_name_or_path", str(tiny_checkpoint), "--languages", "en", "--cap_per_intent", "20",
+        "--n_way", "3", "--k_shot", "2", "--q_query", "2", "--algorithm", "fomaml", "--inner_steps", "1",
+        "--meta_batch_size", "2", "--max_steps", "2", "--eval_steps", "1", "--eval_episodes", "2",
+        "--save_steps", "0", "--test_episodes", "4", "--baselines", "nearest-centroid", "linear-probe",
+        "--output_dir", str(out), "--disable_tqdm", "true", "--push_to_hub", "tester/meta-tiny",
+    ])  # fmt: skip
+    methods = [r["method"] for r in results["meta_test"]]
+    assert methods == ["fomaml (meta-learned)", "nearest-centroid", "linear-probe"]
+    assert all(r["episodes"] == 4 and len(r["per_episode"]) == 4 for r in results["meta_test"])
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["episodes"]["n_way"] == 3
+    card = ModelCard.load(out / "README.md")
+    assert "trained with fomaml" in card.text and "3-way (N), 2-shot (K)" in card.text
+    names = [r.metric_name for r in card.data.eval_results]
+    assert "accuracy (3-way 2-shot, nearest-centroid)" in names
+    files = set(HfApi(endpoint=hub.url, token=TOKEN).list_repo_files("tester/meta-tiny"))
+    assert {"README.md", "model.safetensors", "config.json", "results.json"} <= files
+    assert not any(f.startswith("checkpoint-") for f in files)
+    episodes = set(HfApi(endpoint=hub.url, token=TOKEN).list_repo_files("tester/meta-tiny-episodes",
+                                                                          repo_type="dataset"))  # fmt: skip
+    assert any(f.endswith(".parquet") for f in episodes)
