@@ -1,6 +1,6 @@
 """Per-step overhead of FineTuningTrainer (layer-wise LR groups + strategy bookkeeping) over ``transformers.Trainer``.
 
-Command (from the repository root; about 1.5 minutes on 2 idle CPU cores, 0.27 s a step, longer when other
+Command (from the repository root; about 2 minutes on 2 idle CPU cores at ~0.27 s a step, 4-5 minutes when other
 jobs share the cores)::
 
     PYTHONPATH=/work/main python benchmarks/finetune_overhead.py
@@ -26,14 +26,18 @@ backward, clipping, ``optimizer.step()`` and the scheduler step are inside the t
 
 Interleaving (``--interleave step``, default): each round builds a fresh pair of trainers on copies of the same
 initial model and trains them in two threads that take optimizer steps strictly in turn (plain, ours, plain,
-ours, ...; only one trainer computes at a time), so both see the same outside load step by step; who goes first
-alternates between rounds. ``--interleave run`` alternates whole runs instead (plain, ours, ours, plain, ...),
-which is coarser: load from other processes that changes between runs then lands in the ratio. The figure is
+ours, ...; a trainer holds the turn from one ``on_step_begin`` to its next, so only one of them runs at a time), so
+both see the same outside load step by step; who goes first alternates between rounds (keep ``--rounds`` even).
+``--interleave run`` alternates whole runs instead (plain, ours, ours, plain, ...), which is coarser: load from
+other processes that changes between runs then lands in the ratio. The figure is
 the ratio of the medians over all kept steps::
 
     llrd_step_ratio = median step time (ours) / median step time (plain)      target <= 1.05
 
-The median of the per-step paired ratios (ours step i / plain step i) is printed as well.
+The median of the per-step paired ratios (ours step i / plain step i) is printed as well (``paired_ratio_median``;
+the sturdier figure when outside load switches mid-round and the step times become bimodal, which can move one
+median and not the other), and the cost of what
+only FineTuningTrainer does per step (StrategyCallback hooks, PhasedLR.step) timed alone over 2,000 calls.
 Every figure is a ratio measured within one process, because other jobs may share the cores.
 The last line of output is one JSON object.
 """
@@ -59,6 +63,7 @@ import torch  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    PrinterCallback,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -72,30 +77,38 @@ from hf_metatransfer.finetune import FineTuningConfig, FineTuningTrainer  # noqa
 class Turnstile:
     """Lets two trainers, each in its own thread, take optimizer steps in turn: A, B, A, B, ...
 
-    Only the owner of the turn runs between its ``on_step_begin`` and ``on_step_end``, so every timed step has the
-    cores to itself (as far as this process goes) and consecutive steps of the two trainers see the same outside
-    load. With ``None`` (``--interleave run``) it never blocks.
+    A trainer holds the turn from one ``on_step_begin`` to its next one (its step, then the post-step work and the
+    next batch's loading), so nothing of one trainer runs while the other's step is timed, and consecutive steps
+    of the two see the same outside load. With ``None`` (``--interleave run``) it never blocks.
     """
 
     def __init__(self, names: tuple[str, str] | None) -> None:
         self.names = names
         self.cond = threading.Condition()
         self.turn = names[0] if names else None
+        self.holding: set[str] = set()
         self.done: set[str] = set()
 
     def _other(self, me: str) -> str:
         return self.names[1] if me == self.names[0] else self.names[0]
 
-    def acquire(self, me: str) -> None:
-        if self.names:
-            with self.cond:
-                self.cond.wait_for(lambda: self.turn == me or self._other(me) in self.done)
+    def next_turn(self, me: str) -> None:
+        """Hand the turn over if ``me`` holds it, then wait for it (or for the other trainer to finish)."""
+        if not self.names:
+            return
+        with self.cond:
+            if me in self.holding:
+                self.holding.discard(me)
+                self.turn = self._other(me)
+                self.cond.notify_all()
+            self.cond.wait_for(lambda: self.turn == me or self._other(me) in self.done)
+            self.holding.add(me)
 
-    def release(self, me: str, finished: bool = False) -> None:
+    def finish(self, me: str) -> None:
         if self.names:
             with self.cond:
-                if finished:
-                    self.done.add(me)
+                self.holding.discard(me)
+                self.done.add(me)
                 self.turn = self._other(me)
                 self.cond.notify_all()
 
@@ -107,14 +120,14 @@ class StepBegin(TrainerCallback):
         self.name, self.record, self.turnstile = name, record, turnstile
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self.turnstile.acquire(self.name)
+        self.turnstile.next_turn(self.name)
         self.record["begin"] = time.perf_counter()
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.record["opt"].append(time.perf_counter() - self.record["opt_begin"])
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.turnstile.release(self.name, finished=True)
+        self.turnstile.finish(self.name)
 
 
 class StepEnd(TrainerCallback):
@@ -128,7 +141,6 @@ class StepEnd(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.record["step"].append(time.perf_counter() - self.record["begin"])
-        self.turnstile.release(self.name)
 
 
 def build_data(num_classes: int, max_length: int, tokenizer):
@@ -193,6 +205,9 @@ def build_trainer(name: str, base, data, args, out_dir: str, record: dict, turns
             callbacks=[begin],  # FineTuningTrainer appends its StrategyCallback after this one
         )
     trainer.add_callback(end)  # after every other callback
+    trainer.remove_callback(
+        PrinterCallback
+    )  # the end-of-training metrics line; outside the timed span anyway
     return trainer
 
 
@@ -209,7 +224,7 @@ def run_round(order: tuple[str, str], base, data, args, out_dir: str) -> dict[st
                 trainers[name].train()
             except BaseException as exc:  # surfaced below; never leave the other thread waiting
                 errors.append(exc)
-                turnstile.release(name, finished=True)
+                turnstile.finish(name)
 
         threads = [threading.Thread(target=train, args=(n,)) for n in order]
         for t in threads:
@@ -224,7 +239,30 @@ def run_round(order: tuple[str, str], base, data, args, out_dir: str) -> dict[st
     for name, trainer in trainers.items():
         records[name]["groups"] = len(trainer.optimizer.param_groups)
         records[name]["trainable"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        records[name]["trainer"] = trainer
     return records
+
+
+def bookkeeping_us(trainer: Trainer, repeats: int = 2000) -> dict[str, float]:
+    """Microseconds per step of what only FineTuningTrainer does: StrategyCallback hooks and PhasedLR.step().
+
+    Called on a trainer that has finished training (its state, optimizer and scheduler are those of the run).
+    """
+    from hf_metatransfer.finetune.callbacks import StrategyCallback
+
+    callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, StrategyCallback))
+    args, state, control = trainer.args, trainer.state, trainer.control
+    start = time.perf_counter()
+    for _ in range(repeats):
+        callback.on_step_begin(args, state, control)
+        callback.on_pre_optimizer_step(args, state, control)
+        callback.on_step_end(args, state, control)
+    hooks = (time.perf_counter() - start) / repeats
+    start = time.perf_counter()
+    for _ in range(repeats):
+        trainer.lr_scheduler.step()
+    sched = (time.perf_counter() - start) / repeats
+    return {"strategy_callback_us": hooks * 1e6, "scheduler_step_us": sched * 1e6}
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -268,7 +306,10 @@ def main(args: argparse.Namespace) -> dict:
                 f"ours {statistics.median(o_steps) * 1e3:7.1f} ms/step, ratio {per_round[-1]:.3f}"
             )
 
+            last = records
+
     med = {name: {k: statistics.median(v) for k, v in d.items()} for name, d in kept.items()}
+    book = bookkeeping_us(last["ours"]["trainer"])
     ratio = med["ours"]["step"] / med["plain"]["step"]
     opt_ratio = med["ours"]["opt"] / med["plain"]["opt"]
     paired_median = statistics.median(paired)
@@ -281,7 +322,10 @@ def main(args: argparse.Namespace) -> dict:
         f"ratio of medians ours/plain: {ratio:.3f} (target <= 1.05) over {len(kept['ours']['step'])} steps each"
     )
     print(f"median of paired step ratios: {paired_median:.3f}; per round {[round(x, 3) for x in per_round]}")
-    print(f"optimizer.step ratio: {opt_ratio:.3f}")
+    print(
+        f"optimizer.step ratio: {opt_ratio:.3f}; StrategyCallback hooks {book['strategy_callback_us']:.1f} us/step, "
+        f"PhasedLR.step {book['scheduler_step_us']:.1f} us/step (timed alone, {2000} calls)"
+    )
     verdict = "met" if ratio <= 1.05 else "MISSED"
     print(f"target llrd_step_ratio <= 1.05: {verdict}")
     result = {
@@ -291,6 +335,8 @@ def main(args: argparse.Namespace) -> dict:
         "steps": len(kept["ours"]["step"]),
         "paired_ratio_median": round(paired_median, 4),
         "optimizer_step_ratio": round(opt_ratio, 4),
+        "strategy_callback_us": round(book["strategy_callback_us"], 1),
+        "scheduler_step_us": round(book["scheduler_step_us"], 1),
         "per_round_ratios": [round(x, 4) for x in per_round],
         "param_groups": {k: v["param_groups"] for k, v in info.items()},
         "mode": args.mode,

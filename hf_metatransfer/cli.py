@@ -6,6 +6,7 @@ import importlib
 import sys
 
 RECIPES = {
+    "quickstart": ("quickstart", "The main job: meta-train, meta-test against baselines, plot and card, offline."),
     "finetune": ("finetune", "Fine-tune a Hub checkpoint with LP-FT, layer-wise LR, unfreezing, surgical, re-init."),
     "meta-train": ("meta_train", "Meta-train (MAML, FOMAML, Reptile, ANIL, ProtoNets, Meta-SGD), then meta-test."),
     "publish": ("publish", "Publish an output folder (model, card, config, results) to a Hub repo, with retries."),

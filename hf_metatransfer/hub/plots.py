@@ -80,3 +80,20 @@ def accuracy_vs_shots(
     ax.legend(loc="best", fontsize="small")
     fig.savefig(path)
     return True
+
+
+def method_comparison(rows: Sequence[tuple[str, float, float]], path: str | Path, title: str = "") -> bool:
+    """Horizontal bars of ``(method, mean accuracy, 95% CI half-width)``; False without matplotlib or rows."""
+    rows = list(rows)
+    fig = _figure() if rows else None
+    if fig is None:
+        return False
+    ax = fig.add_subplot()
+    names = [r[0] for r in rows][::-1]
+    ax.barh(names, [r[1] for r in rows][::-1], xerr=[r[2] for r in rows][::-1], capsize=3, color="tab:blue")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("query accuracy (95% CI)")
+    if title:
+        ax.set_title(title, fontsize="small")
+    fig.savefig(path)
+    return True

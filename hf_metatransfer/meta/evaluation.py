@@ -56,7 +56,7 @@ class NearestCentroid(ProtoNets):
 
 
 class LinearProbe(NearestCentroid):
-    """Logistic regression (L-BFGS, scikit-learn) on the frozen embeddings of the support set."""
+    """Logistic regression (L-BFGS, scikit-learn, via ``fit_probe``) on the frozen embeddings of the support set."""
 
     name = "linear-probe"
 
@@ -65,13 +65,14 @@ class LinearProbe(NearestCentroid):
         self.C = C
 
     def predict(self, model: nn.Module, support: Batch, query: Batch) -> torch.Tensor:
-        from sklearn.linear_model import LogisticRegression
+        from ..finetune.linear_probe import fit_probe
 
         with torch.no_grad():
-            s = self.embed(model, self.weights(model), support).cpu().double().numpy()
-            q = self.embed(model, self.weights(model), query).cpu().double().numpy()
-        clf = LogisticRegression(C=self.C, max_iter=1000).fit(s, support["labels"].cpu().numpy())
-        return torch.from_numpy(clf.decision_function(q)).float()
+            s = self.embed(model, self.weights(model), support).cpu()
+            q = self.embed(model, self.weights(model), query).cpu()
+        labels = support["labels"].cpu()
+        weight, bias = fit_probe(s, labels, int(labels.max()) + 1, C=self.C)
+        return q @ weight.T + bias
 
 
 class FineTune:
