@@ -25,14 +25,14 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import datasets
 from tqdm.auto import tqdm
 
 __all__ = ["django_languages", "load_django_parallel"]
+
+from .cache import save_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -175,18 +175,4 @@ def load_django_parallel(
             columns["id"].append(message_id(src))
     dataset = datasets.Dataset.from_dict(columns, features=_features())
 
-    # Write to a temporary folder beside the target, then rename: a half-written cache is never read.
-    cache_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache_root))
-    try:
-        dataset.save_to_disk(str(tmp))
-        if target.exists() and not (target / "state.json").is_file():
-            shutil.rmtree(target, ignore_errors=True)  # an incomplete cache left by a crash
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / "state.json").is_file():  # not a concurrent writer that won the race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return datasets.load_from_disk(str(target))
+    return save_atomically(dataset, target)

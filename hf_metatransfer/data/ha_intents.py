@@ -28,8 +28,6 @@ import logging
 import os
 import random
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -39,6 +37,8 @@ import datasets
 from tqdm.auto import tqdm
 
 __all__ = ["load_ha_intents", "ha_intents_languages"]
+
+from .cache import save_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -323,18 +323,4 @@ def load_ha_intents(
             columns["lang"].append(lang)
     dataset = datasets.Dataset.from_dict(columns, features=_features(intent_names))
 
-    # Write to a temporary folder beside the target, then rename: a half-written cache is never read.
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-    try:
-        dataset.save_to_disk(str(tmp))
-        if target.exists() and not (target / "state.json").is_file():
-            shutil.rmtree(target, ignore_errors=True)  # an incomplete cache left by a crash
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / "state.json").is_file():  # not a concurrent writer that won the race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return datasets.load_from_disk(str(target))
+    return save_atomically(dataset, target)

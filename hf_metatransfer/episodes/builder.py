@@ -21,7 +21,8 @@ from .sampler import EpisodeSampler, IntOrRange
 from .splits import Splits, split_values
 
 
-def _column(dataset: datasets.Dataset, name: str, role: str) -> pa.ChunkedArray:
+def read_column(dataset: datasets.Dataset, name: str, role: str) -> pa.ChunkedArray:
+    """One column as Arrow (no copy of the rows), or an error naming the closest column and the argument to set."""
     if name not in dataset.column_names:
         close = difflib.get_close_matches(name, dataset.column_names, 1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -69,7 +70,7 @@ class EpisodeBuilder:
             )
         self.dataset = dataset
         self.label_column, self.text_column, self.lang_column = label_column, text_column, lang_column
-        raw_labels = _column(dataset, label_column, "label")
+        raw_labels = read_column(dataset, label_column, "label")
         feature = dataset.features[label_column]
         if isinstance(feature, datasets.ClassLabel):
             labels = raw_labels.to_numpy().astype(np.int64)
@@ -79,9 +80,9 @@ class EpisodeBuilder:
         else:
             labels, label_names = _encode(raw_labels, "label")
         if text_column is not None:
-            self._check_text(_column(dataset, text_column, "text"))
+            self._check_text(read_column(dataset, text_column, "text"))
         if lang_column is not None:
-            langs, lang_names = _encode(_column(dataset, lang_column, "lang"), "lang")
+            langs, lang_names = _encode(read_column(dataset, lang_column, "lang"), "lang")
         else:
             langs, lang_names = None, ("",)
         self.index = GroupIndex.build(labels, label_names, langs, lang_names)

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .builder import read_column
 from .index import GroupIndex
 from .random import episode_keys, uniform, without_replacement
 from .splits import Splits, split_values
@@ -85,15 +86,6 @@ class TranslationTask:
 
 
 # -- input checks --------------------------------------------------------------------------------------------------
-def _column(dataset: datasets.Dataset, name: str, role: str) -> pa.ChunkedArray:
-    if name not in dataset.column_names:
-        close = difflib.get_close_matches(name, dataset.column_names, 1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(
-            f"The {role} column {name!r} is not in the dataset (columns: {dataset.column_names}).{hint} "
-            f"Pass {role}_column=..."
-        )
-    return dataset.select_columns([name]).with_format("arrow")[:][name]
 
 
 def _is_string(values: pa.ChunkedArray) -> bool:
@@ -198,14 +190,14 @@ class TranslationTaskSampler:
         self.columns = {"source": source_column, "target": target_column, "id": id_column}
 
         src_lang = _languages(
-            _column(dataset, source_lang_column, "source_lang"), source_lang_column, "source_lang"
+            read_column(dataset, source_lang_column, "source_lang"), source_lang_column, "source_lang"
         )
         tgt_lang = _languages(
-            _column(dataset, target_lang_column, "target_lang"), target_lang_column, "target_lang"
+            read_column(dataset, target_lang_column, "target_lang"), target_lang_column, "target_lang"
         )
         self._text = {
-            source_column: _strings(_column(dataset, source_column, "source"), source_column, "source"),
-            target_column: _strings(_column(dataset, target_column, "target"), target_column, "target"),
+            source_column: _strings(read_column(dataset, source_column, "source"), source_column, "source"),
+            target_column: _strings(read_column(dataset, target_column, "target"), target_column, "target"),
         }
         self._sources = tuple(sorted(pc.unique(src_lang).to_pylist()))
         self._targets = tuple(sorted(pc.unique(tgt_lang).to_pylist()))
@@ -303,7 +295,7 @@ class TranslationTaskSampler:
     def _id_codes(self) -> np.ndarray:
         if self._ids is None:
             name = self.columns["id"]
-            values = _column(self.dataset, name, "id")
+            values = read_column(self.dataset, name, "id")
             if not (_is_string(values) or pa.types.is_integer(values.type)):
                 raise ValueError(f"The id column {name!r} has type {values.type}; use str or int ids.")
             if values.null_count:
@@ -431,7 +423,7 @@ def split_target_languages(
     two parts share a language.
     """
     column = _languages(
-        _column(dataset, target_lang_column, "target_lang"), target_lang_column, "target_lang"
+        read_column(dataset, target_lang_column, "target_lang"), target_lang_column, "target_lang"
     )
     present = sorted(pc.unique(column).to_pylist())
     if explicit is not None:
