@@ -8,7 +8,9 @@ passed to ``torch.func.functional_call``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -18,17 +20,24 @@ from torch.func import functional_call
 
 from .fast_weights import fast_weight_names
 
+logger = logging.getLogger(__name__)
+
 Batch = Mapping[str, torch.Tensor]
 ALGORITHMS = ("maml", "fomaml", "reptile", "anil", "protonets", "metasgd")
 
 
 @dataclass
 class TaskResult:
-    """A task's contribution: gradients by parameter name (None if skipped), and what to log."""
+    """A task's contribution: gradients by parameter name (None if skipped), and what to log.
+
+    From ``batch_task_gradient``: the means over the tasks that were kept, and ``skipped``, how many tasks of the
+    batch had a non-finite loss or gradient and were left out (``grads`` is None only if every task was).
+    """
 
     grads: dict[str, torch.Tensor] | None
     loss: float
     accuracy: float
+    skipped: int = 0
 
 
 def model_inputs(batch: Batch) -> dict[str, torch.Tensor]:
@@ -112,6 +121,98 @@ class MetaAlgorithm:
         adapted = self.adapt(model, support)
         loss, logits = self.loss(model, adapted, query)
         return self._result(model, loss, logits, query)
+
+    def batch_task_gradient(self, model: nn.Module, tasks: Sequence[tuple[Batch, Batch]]) -> TaskResult:
+        """Mean of the tasks' ``task_gradient`` over the finite ones; ``skipped`` counts the others.
+
+        MAML-style algorithms (plain inner loop, no meta-parameters) run all tasks at once under
+        ``torch.func.vmap`` when their support and query batches have the same shapes once padded to the
+        meta-batch's longest sequence; otherwise (or if vmap fails on the architecture) tasks run one by one.
+        """
+        if len(tasks) > 1 and self._vmap_applies():
+            stacked = _stack_tasks(tasks)
+            if stacked is not None:
+                try:
+                    return self._vmap_task_gradients(model, *stacked)
+                except Exception as error:  # noqa: BLE001 - any failure of the architecture under vmap
+                    self._vmap_broken = True
+                    logger.warning("%s: batching tasks with torch.func.vmap failed on %s (%s: %s); "
+                                   "falling back to one task at a time.", self.name, type(model).__name__,
+                                   type(error).__name__, str(error)[:300])  # fmt: skip
+        return self._loop_task_gradients(model, tasks)
+
+    def _loop_task_gradients(self, model: nn.Module, tasks: Sequence[tuple[Batch, Batch]]) -> TaskResult:
+        total: dict[str, torch.Tensor] | None = None
+        ok, skipped, loss, accuracy = 0, 0, 0.0, 0.0
+        for support, query in tasks:
+            result = self.task_gradient(model, support, query)
+            if result.grads is None:
+                skipped += 1
+                continue
+            ok += 1
+            loss, accuracy = loss + result.loss, accuracy + result.accuracy
+            if total is None:
+                total = {n: g.clone() for n, g in result.grads.items()}
+            else:
+                for n, g in result.grads.items():
+                    total[n] += g
+        if total is None:
+            return TaskResult(None, float("nan"), float("nan"), skipped)
+        return TaskResult({n: g / ok for n, g in total.items()}, loss / ok, accuracy / ok, skipped)
+
+    _vmap_broken = False
+
+    def _vmap_applies(self) -> bool:
+        """The vmap path reproduces ``MetaAlgorithm.task_gradient`` with scalar inner LRs, nothing else."""
+        return (not self._vmap_broken and type(self).task_gradient is MetaAlgorithm.task_gradient
+                and type(self).adapt is MetaAlgorithm.adapt and not self.meta_parameters()
+                and all(isinstance(lr, (int, float)) for lr in self.inner_lrs()))  # fmt: skip
+
+    def _vmap_task_gradients(self, model: nn.Module, supports: dict, queries: dict) -> TaskResult:
+        """All tasks at once: ``vmap`` over tasks of (inner loop by ``torch.func.grad``, outer gradient)."""
+        from torch.func import grad, vmap
+
+        trainable = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        constants = {n: t.detach() for n, t in self.weights(model).items() if n not in trainable}
+        fast_names = [n for n in self.fast if n in trainable]
+        lrs = dict(zip(self.fast, self.inner_lrs()))
+        steps, second_order = self.inner_steps, self.second_order
+
+        def query_loss(weights: dict, query: dict):
+            loss, logits = self.loss(model, {**constants, **weights}, query)
+            return loss, (loss, logits)
+
+        def adapt(params: dict, support: dict) -> dict:
+            fast = {n: params[n] for n in fast_names}
+
+            def support_loss(fast_now: dict):
+                return self.loss(model, {**constants, **params, **fast_now}, support)[0]
+
+            for _ in range(steps):
+                g = grad(support_loss)(fast)
+                fast = {n: fast[n] - lrs[n] * g[n] for n in fast_names}
+            return {**params, **fast}
+
+        def one_task(params: dict, support: dict, query: dict):
+            if second_order:  # differentiate through the inner loop
+                return grad(lambda p: query_loss(adapt(p, support), query), has_aux=True)(params)
+            # first order: the query gradient at the adapted weights (d adapted / d params taken as identity)
+            return grad(query_loss, has_aux=True)(adapt(params, support), query)
+
+        with _masks_traced_under_functorch():
+            grads, (losses, logits) = vmap(one_task, in_dims=(None, 0, 0), randomness="different")(
+                trainable, supports, queries
+            )
+        finite = torch.isfinite(losses)
+        for g in grads.values():
+            finite &= torch.isfinite(g.reshape(g.shape[0], -1)).all(1)
+        ok = int(finite.sum())
+        skipped = len(finite) - ok
+        if not ok:
+            return TaskResult(None, float("nan"), float("nan"), skipped)
+        mean = {n: g[finite].mean(0) for n, g in grads.items()}
+        accuracies = [self._accuracy(logits[i], queries["labels"][i]) for i in range(len(finite)) if finite[i]]
+        return TaskResult(mean, losses[finite].mean().item(), sum(accuracies) / ok, skipped)
 
     @torch.no_grad()
     def _accuracy(self, logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -250,6 +351,35 @@ class ProtoNets(MetaAlgorithm):
         logits = self.query_logits(model, self.weights(model), support, query)
         return self._result(model, F.cross_entropy(logits, query["labels"]), logits, query)
 
+    def batch_task_gradient(self, model: nn.Module, tasks: Sequence[tuple[Batch, Batch]]) -> TaskResult:
+        """One embedding pass over every task's support and query rows (padded to the longest), per-task
+        prototypes and losses, one backward of their mean. A non-finite task sends the batch to the per-task loop
+        (rows share the backward, so its inf/NaN would reach every gradient), which skips and counts it."""
+        if len(tasks) < 2:
+            return self._loop_task_gradients(model, tasks)
+        batches = [b for task in tasks for b in task]
+        if any(set(b) != set(batches[0]) for b in batches) or "attention_mask" not in batches[0]:
+            return self._loop_task_gradients(model, tasks)
+        width = max(_seq_len(b) for b in batches)
+        padded = [_pad_batch(b, width) for b in batches]
+        everything = {k: torch.cat([b[k] for b in padded]) for k in padded[0] if k != "labels"}
+        embeddings = self.embed(model, self.weights(model), everything).split([len(b["labels"]) for b in batches])
+        losses, logits = [], []
+        for i, (support, query) in enumerate(tasks):
+            s, q = embeddings[2 * i], embeddings[2 * i + 1]
+            n_way = int(support["labels"].max()) + 1
+            prototypes = torch.stack([s[support["labels"] == c].mean(0) for c in range(n_way)])
+            logits.append(-torch.cdist(q, prototypes).pow(2))
+            losses.append(F.cross_entropy(logits[-1], query["labels"]))
+        loss = torch.stack(losses)
+        if not torch.isfinite(loss).all():
+            return self._loop_task_gradients(model, tasks)
+        result = self._result(model, loss.mean(), logits[0], tasks[0][1])
+        if result.grads is None:
+            return self._loop_task_gradients(model, tasks)
+        accuracy = sum(self._accuracy(lg, q["labels"]) for lg, (_, q) in zip(logits, tasks)) / len(tasks)
+        return TaskResult(result.grads, loss.mean().item(), accuracy, 0)
+
     def predict(self, model: nn.Module, support: Batch, query: Batch) -> torch.Tensor:
         with torch.no_grad():
             return self.query_logits(model, self.weights(model), support, query)
@@ -261,6 +391,66 @@ def _cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         width = max(a.shape[1], b.shape[1])
         a, b = (F.pad(x, (0, width - x.shape[1])) for x in (a, b))
     return torch.cat([a, b])
+
+
+@contextmanager
+def _masks_traced_under_functorch():
+    """transformers skips building an attention mask when ``padding_mask.all()`` (a data-dependent branch that
+    vmap cannot take) unless it thinks it is tracing: make its ``is_tracing`` say so for functorch tensors, here only.
+    """
+    try:
+        from transformers import masking_utils
+    except ImportError:  # not a transformers model: nothing to patch
+        yield
+        return
+    original = masking_utils.is_tracing
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+
+    def is_tracing(tensor=None) -> bool:
+        return original(tensor) or (isinstance(tensor, torch.Tensor) and wrapped(tensor))
+
+    masking_utils.is_tracing = is_tracing
+    try:
+        yield
+    finally:
+        masking_utils.is_tracing = original
+
+
+def _is_token_tensor(key: str, value: torch.Tensor) -> bool:
+    """Per-token inputs (ids, masks, token types, positions): 2-D integer tensors; labels excepted."""
+    return key != "labels" and value.dim() == 2 and not value.is_floating_point()
+
+
+def _seq_len(batch: Batch) -> int:
+    return max((v.shape[1] for k, v in batch.items() if _is_token_tensor(k, v)), default=0)
+
+
+def _pad_batch(batch: Batch, width: int) -> dict[str, torch.Tensor]:
+    """Pad the per-token tensors with zeros (masked out) to ``width``: on the left if the batch is left-padded."""
+    mask = batch.get("attention_mask")
+    left = mask is not None and mask.dim() == 2 and bool((mask[:, -1] == 1).all()) and bool((mask[:, 0] == 0).any())
+    out = {}
+    for k, v in batch.items():
+        if _is_token_tensor(k, v) and v.shape[1] < width:
+            extra = width - v.shape[1]
+            v = F.pad(v, (extra, 0) if left else (0, extra))
+        out[k] = v
+    return out
+
+
+def _stack_tasks(tasks: Sequence[tuple[Batch, Batch]]) -> tuple[dict, dict] | None:
+    """Supports and queries stacked along a new task axis, every sequence padded to the meta-batch's longest;
+    None if the tasks' batches differ in keys or shapes beyond the sequence length (different N, K or Q)."""
+    width = max(_seq_len(b) for task in tasks for b in task)
+    stacked = []
+    for part in (0, 1):
+        batches = [_pad_batch(task[part], width) for task in tasks]
+        first = batches[0]
+        if any(set(b) != set(first) or any(b[k].shape != first[k].shape or b[k].dtype != first[k].dtype
+                                           for k in first) for b in batches):  # fmt: skip
+            return None
+        stacked.append({k: torch.stack([b[k] for b in batches]) for k in first})
+    return stacked[0], stacked[1]
 
 
 def build_algorithm(name: str, **kwargs) -> MetaAlgorithm:

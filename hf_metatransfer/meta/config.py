@@ -24,6 +24,11 @@ class MetaTrainingConfig:
     top_k: int = field(default=1, metadata={"help": "Blocks adapted with fast_weights='top_k'."})
     task_loss: str = field(default="cross_entropy", metadata={"help": "'cross_entropy' or 'mse' (regression)."})
     meta_batch_size: int = field(default=4, metadata={"help": "Tasks a meta-step, over all processes together."})
+    batch_tasks: bool = field(
+        default=True,
+        metadata={"help": "Batch a process's tasks of a meta-step (ProtoNets: one embedding pass; MAML/FOMAML/ANIL: "
+                          "torch.func.vmap over tasks when their padded shapes agree), else one task at a time."},
+    )
     max_steps: int = field(default=500, metadata={"help": "Meta-steps."})
     outer_lr: float = field(default=3e-5, metadata={"help": "Learning rate of the outer optimizer."})
     outer_optimizer: str = field(default="adamw", metadata={"help": "'adamw' or 'sgd'."})

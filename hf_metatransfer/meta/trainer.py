@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..episodes.episode import Episode
-from .algorithms import MetaAlgorithm, build_algorithm
+from .algorithms import MetaAlgorithm, TaskResult, build_algorithm
 from .config import MetaTrainingConfig
 
 logger = logging.getLogger(__name__)
@@ -114,19 +114,19 @@ class MetaTrainer:
         """Adapt to this process's tasks, all-reduce the summed meta-gradients, take one outer step."""
         flat = torch.zeros(sum(p.numel() for _, p in self.params), device=self.accelerator.device)
         totals = torch.zeros(4, device=self.accelerator.device)  # tasks ok, skipped, loss sum, accuracy sum
+        tasks = []
         for episode in self.train_sampler.batch(self.task_ids(step)):
             batch = self.collate(episode)
+            tasks.append((self._to_device(batch["support"]), self._to_device(batch["query"])))
+        if self.config.batch_tasks and tasks:
             with self.accelerator.autocast():
-                result = self.algorithm.task_gradient(
-                    self.model, self._to_device(batch["support"]), self._to_device(batch["query"])
-                )
-            if result.grads is None:
-                totals[1] += 1
-                continue
-            flat += torch.cat([result.grads[n].reshape(-1).float() for n, _ in self.params])
-            totals[0] += 1
-            totals[2] += result.loss
-            totals[3] += result.accuracy
+                result = self.algorithm.batch_task_gradient(self.model, tasks)
+            self._add(flat, totals, result, len(tasks) - result.skipped, result.skipped)
+        else:
+            for support, query in tasks:
+                with self.accelerator.autocast():
+                    result = self.algorithm.task_gradient(self.model, support, query)
+                self._add(flat, totals, result, int(result.grads is not None), int(result.grads is None))
         if self.accelerator.num_processes > 1:
             flat = self.accelerator.reduce(flat, reduction="sum")
             totals = self.accelerator.reduce(totals, reduction="sum")
@@ -151,6 +151,17 @@ class MetaTrainer:
             "skipped_tasks": skipped,
             "lr": self.scheduler.get_last_lr()[0],
         }
+
+    def _add(self, flat: torch.Tensor, totals: torch.Tensor, result: TaskResult, ok: int, skipped: int) -> None:
+        """Add ``ok`` tasks whose mean is ``result``: mean x ok, so this process sums its tasks' gradients, the
+        all-reduce sums the processes', and the division by the global count of ok tasks gives the global mean."""
+        totals[1] += skipped
+        if result.grads is None or not ok:
+            return
+        flat += torch.cat([result.grads[n].reshape(-1).float() for n, _ in self.params]) * ok
+        totals[0] += ok
+        totals[2] += result.loss * ok
+        totals[3] += result.accuracy * ok
 
     # -- evaluation ----------------------------------------------------------------------------------------
     def evaluate(self, num_episodes: int | None = None) -> dict[str, float]:
