@@ -34,3 +34,18 @@ def test_meta_train_recipe_tests_baselines_writes_card_and_pushes(hub, tmp_path,
     episodes = set(HfApi(endpoint=hub.url, token=TOKEN).list_repo_files("tester/meta-tiny-episodes",
                                                                           repo_type="dataset"))  # fmt: skip
     assert any(f.endswith(".parquet") for f in episodes)
+
+
+def test_quickstart_config_ships_in_the_package_and_parses():
+    from hf_metatransfer.cli_args import parse_args
+    from hf_metatransfer.meta import MetaTrainingConfig
+    from hf_metatransfer.recipes.finetune import ModelArguments
+    from hf_metatransfer.recipes.meta_train import EpisodeArguments, PublishArguments
+    from hf_metatransfer.recipes.quickstart import CONFIG
+
+    model, episodes, config, publish = parse_args(
+        (ModelArguments, EpisodeArguments, MetaTrainingConfig, PublishArguments), ["--config", str(CONFIG)]
+    )
+    assert model.model_name_or_path == "embedded" and config.algorithm == "protonets"
+    assert (episodes.n_way, episodes.k_shot) == (5, 5) and publish.push_to_hub is None
+    assert set(episodes.baselines) == {"nearest-centroid", "linear-probe", "fine-tuning", "lp-ft"}
