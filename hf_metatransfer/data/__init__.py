@@ -2,7 +2,7 @@
 
 from .django_parallel import django_languages, load_django_parallel
 from .ha_intents import ha_intents_languages, load_ha_intents
-from .packaged_models import MINILM, minilm_path
+from .packaged_models import MINILM, MULTILINGUAL_E5_SMALL, minilm_path, multilingual_e5_small_path
 
 __all__ = [
     "MINILM",
@@ -11,4 +11,6 @@ __all__ = [
     "load_django_parallel",
     "load_ha_intents",
     "minilm_path",
+    "MULTILINGUAL_E5_SMALL",
+    "multilingual_e5_small_path",
 ]
