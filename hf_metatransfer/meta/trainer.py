@@ -165,18 +165,14 @@ class MetaTrainer:
 
     # -- evaluation ----------------------------------------------------------------------------------------
     def evaluate(self, num_episodes: int | None = None) -> dict[str, float]:
-        """Mean query accuracy after adaptation on the fixed validation episodes 0..n-1 (main process's view)."""
-        from .evaluation import confidence_interval
+        """Mean query accuracy after adaptation on the fixed validation episodes 0..n-1, dropout off."""
+        from .evaluation import meta_test
 
-        n = num_episodes or self.config.eval_episodes
-        accuracies = []
-        for episode in self.eval_sampler.batch(range(n)):
-            batch = self.collate(episode)
-            support, query = self._to_device(batch["support"]), self._to_device(batch["query"])
-            logits = self.algorithm.predict(self.model, support, query)
-            accuracies.append((logits.argmax(-1) == query["labels"]).float().mean().item())
-        mean, half = confidence_interval(accuracies)
-        return {"eval_accuracy": mean, "eval_accuracy_ci95": half}
+        episodes = self.eval_sampler.batch(range(num_episodes or self.config.eval_episodes))
+        result = meta_test(self.model, self.algorithm, episodes, self.collate, device=self.accelerator.device,
+                           progress=False)  # fmt: skip
+        self.model.train(self.config.dropout)
+        return {"eval_accuracy": result.accuracy, "eval_accuracy_ci95": result.ci95}
 
     # -- the loop ------------------------------------------------------------------------------------------
     def train(self) -> MetaTrainerState:
