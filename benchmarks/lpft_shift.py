@@ -94,48 +94,17 @@ from torch import nn  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForSequenceClassification,
     AutoTokenizer,
-    BertForSequenceClassification,
-    BertModel,
     DataCollatorWithPadding,
     PrinterCallback,
 )
-from transformers.modeling_outputs import SequenceClassifierOutput  # noqa: E402
-from transformers.models.bert.modeling_bert import BertPreTrainedModel  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from hf_metatransfer.data import load_ha_intents, multilingual_e5_small_path  # noqa: E402
 from hf_metatransfer.finetune import FineTuningConfig, FineTuningTrainer  # noqa: E402
+from hf_metatransfer.pooling import MeanPoolBertForSequenceClassification  # noqa: E402
 
 METHODS = ("LP", "FT", "LP-FT")
 PREFIX = "query: "
-
-
-class MeanPoolBertForSequenceClassification(BertForSequenceClassification):
-    """BERT with the head on the attention-masked mean of the last hidden states (how e5 embeds), no pooler.
-
-    Same parameter names as ``BertForSequenceClassification`` (``bert.*``, ``classifier.*``), so the layer map,
-    the fast linear probe (the classifier's input is one vector per example) and the trainer work unchanged.
-    """
-
-    def __init__(self, config) -> None:
-        BertPreTrainedModel.__init__(self, config)
-        self.num_labels = config.num_labels
-        self.bert = BertModel(config, add_pooling_layer=False)
-        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
-
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
-        hidden = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                           return_dict=True).last_hidden_state
-        if attention_mask is None:
-            attention_mask = torch.ones(hidden.shape[:2], dtype=hidden.dtype, device=hidden.device)
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        logits = self.classifier(self.dropout(pooled))
-        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
 # -- data ------------------------------------------------------------------------------------------------------

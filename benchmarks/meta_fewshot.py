@@ -53,9 +53,7 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
-from transformers import AutoTokenizer, BertForSequenceClassification, BertModel  # noqa: E402
-from transformers.modeling_outputs import SequenceClassifierOutput  # noqa: E402
-from transformers.models.bert.modeling_bert import BertPreTrainedModel  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from hf_metatransfer.episodes import EpisodeCollator, TokenStore, tokenize_dataset  # noqa: E402
@@ -69,39 +67,11 @@ from hf_metatransfer.meta import (  # noqa: E402
     meta_test,
 )
 from hf_metatransfer.meta.evaluation import MetaTestResult, confidence_interval  # noqa: E402
+from hf_metatransfer.pooling import MeanPoolBertForSequenceClassification  # noqa: E402
 
 TRAIN_LANGS = ["en", "es", "it", "nl", "pl", "pt", "sv"]
 TEST_LANGS = ["de", "fr", "ru", "ar", "zh-CN", "hi"]
 SETTINGS = ("monolingual", "cross-lingual")
-
-
-class MeanPoolBert(BertForSequenceClassification):
-    """BERT with the head on the attention-masked mean of the last hidden states (how e5 / MiniLM embed), no pooler.
-
-    Parameter names are ``BertForSequenceClassification``'s, so the layer map, ``FineTune`` (LP-FT's probe layer)
-    and the meta-learning algorithms (``output_hidden_states``) work unchanged.
-    """
-
-    def __init__(self, config) -> None:
-        BertPreTrainedModel.__init__(self, config)
-        self.num_labels = config.num_labels
-        self.bert = BertModel(config, add_pooling_layer=False)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
-
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
-                output_hidden_states=None, **kwargs):  # fmt: skip
-        out = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                        output_hidden_states=output_hidden_states, return_dict=True)  # fmt: skip
-        hidden = out.last_hidden_state
-        if attention_mask is None:
-            attention_mask = torch.ones(hidden.shape[:2], dtype=hidden.dtype, device=hidden.device)
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        logits = self.classifier(self.dropout(pooled))
-        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
 
 
 class SetFitMethod:
@@ -213,7 +183,7 @@ def main(args: argparse.Namespace) -> dict:
                                                           prefix=prefix), tokenizer.pad_token_id))  # fmt: skip
 
     def load_model() -> nn.Module:
-        return MeanPoolBert.from_pretrained(path, num_labels=args.n_way, use_safetensors=True)
+        return MeanPoolBertForSequenceClassification.from_pretrained(path, num_labels=args.n_way, use_safetensors=True)
 
     def test_sampler(setting: str, seed: int):
         if setting == "monolingual":

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from ..pooling import mean_pool
 from .fast_weights import fast_weight_names
 
 logger = logging.getLogger(__name__)
@@ -43,12 +44,6 @@ class TaskResult:
 def model_inputs(batch: Batch) -> dict[str, torch.Tensor]:
     """Everything in a batch but the labels goes to the model's forward."""
     return {k: v for k, v in batch.items() if k != "labels"}
-
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of the token states under the attention mask (sentence-transformers pooling)."""
-    mask = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
 
 class MetaAlgorithm:
