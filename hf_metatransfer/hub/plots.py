@@ -1,4 +1,4 @@
-"""The pictures of a model card: a learning curve from ``log_history`` and accuracy against shots.
+"""The pictures of a model card: a learning curve from ``log_history`` and a score (accuracy, chrF) against shots.
 
 matplotlib is optional (an extra of the package): without it a card simply has no plot. Figures are drawn with
 ``matplotlib.figure.Figure`` on the Agg canvas, so nothing touches pyplot's global state or the backend of the
@@ -54,9 +54,15 @@ def learning_curve(log_history: Sequence[dict[str, Any]], path: str | Path) -> b
 
 
 def accuracy_vs_shots(
-    points: Iterable[tuple[str, int, float, float | None, float | None]], path: str | Path
+    points: Iterable[tuple[str, int, float, float | None, float | None]],
+    path: str | Path,
+    *,
+    ylabel: str = "accuracy",
+    xlabel: str = "shots (K examples per class)",
 ) -> bool:
-    """One line per series ``(series, shots, mean, ci_low, ci_high)`` with 95% CI bars; False below two shots."""
+    """One line per series ``(series, shots, mean, ci_low, ci_high)`` with 95% CI bars; False below two shots.
+
+    The labels name the score and what a shot is, so any few-shot metric (accuracy, chrF) draws the same way."""
     series: dict[str, list[tuple[int, float, float | None, float | None]]] = defaultdict(list)
     for name, shots, mean, low, high in points:
         series[name].append((shots, mean, low, high))
@@ -75,8 +81,8 @@ def accuracy_vs_shots(
         ]
         ax.errorbar(shots, means, yerr=errors, marker="o", capsize=3, label=name)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("shots (K examples per class)")
-    ax.set_ylabel("accuracy")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.legend(loc="best", fontsize="small")
     fig.savefig(path)
     return True

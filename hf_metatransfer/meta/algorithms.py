@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 
 Batch = Mapping[str, torch.Tensor]
 ALGORITHMS = ("maml", "fomaml", "reptile", "anil", "protonets", "metasgd")
+# cross_entropy: N-way classification; mse: regression; lm: the model's own token loss on ``labels`` (-100 where
+# ignored), for sequence-to-sequence and causal LMs (translation tasks).
+TASK_LOSSES = ("cross_entropy", "mse", "lm")
 
 
 @dataclass
@@ -56,16 +59,20 @@ class MetaAlgorithm:
                  loss: str = "cross_entropy"):  # fmt: skip
         if inner_steps < 0 or inner_lr < 0:
             raise ValueError("inner_steps and inner_lr must be >= 0.")
-        if loss not in ("cross_entropy", "mse"):
-            raise ValueError("loss must be 'cross_entropy' (classification) or 'mse' (regression).")
+        if loss not in TASK_LOSSES:
+            raise ValueError(f"loss must be one of {TASK_LOSSES}: 'cross_entropy' (classification), 'mse' "
+                             "(regression) or 'lm' (token loss of a seq2seq or causal LM, e.g. translation).")  # fmt: skip
         self.inner_steps, self.inner_lr, self.loss_type = inner_steps, inner_lr, loss
         self.fast_weights, self.top_k = fast_weights, top_k
         self.fast: list[str] = []
+        self.shift_labels = False  # causal LMs: logits at t predict the label at t + 1 (token accuracy)
 
     # -- set-up --------------------------------------------------------------------------------------------
     def setup(self, model: nn.Module) -> None:
         """Resolve the fast weights of ``model`` (call once, before training)."""
         self.fast = fast_weight_names(model, self.fast_weights, top_k=self.top_k)
+        config = getattr(model, "config", None)
+        self.shift_labels = config is not None and not getattr(config, "is_encoder_decoder", False)
 
     def meta_parameters(self) -> list[nn.Parameter]:
         """Parameters the algorithm adds to the model's (Meta-SGD's inner LRs)."""
@@ -87,7 +94,12 @@ class MetaAlgorithm:
         out = functional_call(model, dict(weights), args=(), kwargs=model_inputs(batch))
         return out.logits if hasattr(out, "logits") else out
 
-    def loss(self, model: nn.Module, weights: Mapping[str, torch.Tensor], batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(
+        self, model: nn.Module, weights: Mapping[str, torch.Tensor], batch: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.loss_type == "lm":
+            out = functional_call(model, dict(weights), args=(), kwargs=dict(batch))
+            return out.loss, out.logits
         logits = self.logits(model, weights, batch)
         if self.loss_type == "mse":
             return F.mse_loss(logits.reshape(batch["labels"].shape), batch["labels"]), logits
@@ -96,14 +108,18 @@ class MetaAlgorithm:
     def inner_lrs(self) -> list[float | torch.Tensor]:
         return [self.inner_lr] * len(self.fast)
 
-    def adapt(self, model: nn.Module, support: Batch, *, create_graph: bool | None = None) -> dict[str, torch.Tensor]:
+    def adapt(
+        self, model: nn.Module, support: Batch, *, create_graph: bool | None = None
+    ) -> dict[str, torch.Tensor]:
         """Weights after the inner loop; with ``create_graph`` the result stays differentiable (second order)."""
         create_graph = self.second_order if create_graph is None else create_graph
         weights = self.weights(model)
         fast = {n: weights[n] for n in self.fast}
         for _ in range(self.inner_steps):
             loss, _ = self.loss(model, {**weights, **fast}, support)
-            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=create_graph, allow_unused=True)
+            grads = torch.autograd.grad(
+                loss, list(fast.values()), create_graph=create_graph, allow_unused=True
+            )
             fast = {
                 n: p if g is None else p - lr * (g if create_graph else g.detach())
                 for (n, p), g, lr in zip(fast.items(), grads, self.inner_lrs())
@@ -206,13 +222,20 @@ class MetaAlgorithm:
         if not ok:
             return TaskResult(None, float("nan"), float("nan"), skipped)
         mean = {n: g[finite].mean(0) for n, g in grads.items()}
-        accuracies = [self._accuracy(logits[i], queries["labels"][i]) for i in range(len(finite)) if finite[i]]
+        accuracies = [
+            self._accuracy(logits[i], queries["labels"][i]) for i in range(len(finite)) if finite[i]
+        ]
         return TaskResult(mean, losses[finite].mean().item(), sum(accuracies) / ok, skipped)
 
     @torch.no_grad()
     def _accuracy(self, logits: torch.Tensor, labels: torch.Tensor) -> float:
         if self.loss_type == "mse":
             return float("nan")
+        if self.loss_type == "lm":  # token accuracy over the labelled (target) tokens
+            if self.shift_labels:
+                logits, labels = logits[:, :-1], labels[:, 1:]
+            scored = labels != -100
+            return (logits.argmax(-1)[scored] == labels[scored]).float().mean().item()
         return (logits.argmax(-1) == labels).float().mean().item()
 
     def _result(self, model: nn.Module, loss: torch.Tensor, logits: torch.Tensor, query: Batch) -> TaskResult:
@@ -299,7 +322,7 @@ class Reptile(MetaAlgorithm):
         super().__init__(inner_steps, inner_lr, fast_weights, top_k, loss)
 
     def task_gradient(self, model: nn.Module, support: Batch, query: Batch) -> TaskResult:
-        both = {k: _cat(support[k], query[k]) for k in support if k in query}
+        both = _cat(support, query)
         adapted = self.adapt(model, both, create_graph=False)
         with torch.no_grad():
             loss, logits = self.loss(model, adapted, query)
@@ -333,10 +356,14 @@ class ProtoNets(MetaAlgorithm):
         self.fast = []
 
     def embed(self, model: nn.Module, weights: Mapping[str, torch.Tensor], batch: Batch) -> torch.Tensor:
-        out = functional_call(model, dict(weights), args=(), kwargs={**model_inputs(batch), "output_hidden_states": True})
+        out = functional_call(
+            model, dict(weights), args=(), kwargs={**model_inputs(batch), "output_hidden_states": True}
+        )
         return mean_pool(out.hidden_states[-1], batch["attention_mask"])
 
-    def query_logits(self, model: nn.Module, weights: Mapping[str, torch.Tensor], support: Batch, query: Batch) -> torch.Tensor:
+    def query_logits(
+        self, model: nn.Module, weights: Mapping[str, torch.Tensor], support: Batch, query: Batch
+    ) -> torch.Tensor:
         s, q = self.embed(model, weights, support), self.embed(model, weights, query)
         n_way = int(support["labels"].max()) + 1
         prototypes = torch.stack([s[support["labels"] == c].mean(0) for c in range(n_way)])
@@ -358,7 +385,9 @@ class ProtoNets(MetaAlgorithm):
         width = max(_seq_len(b) for b in batches)
         padded = [_pad_batch(b, width) for b in batches]
         everything = {k: torch.cat([b[k] for b in padded]) for k in padded[0] if k != "labels"}
-        embeddings = self.embed(model, self.weights(model), everything).split([len(b["labels"]) for b in batches])
+        embeddings = self.embed(model, self.weights(model), everything).split(
+            [len(b["labels"]) for b in batches]
+        )
         losses, logits = [], []
         for i, (support, query) in enumerate(tasks):
             s, q = embeddings[2 * i], embeddings[2 * i + 1]
@@ -380,12 +409,11 @@ class ProtoNets(MetaAlgorithm):
             return self.query_logits(model, self.weights(model), support, query)
 
 
-def _cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Concatenate two padded batches along the batch axis, padding the shorter sequence dimension."""
-    if a.dim() == 2 and a.shape[1] != b.shape[1]:
-        width = max(a.shape[1], b.shape[1])
-        a, b = (F.pad(x, (0, width - x.shape[1])) for x in (a, b))
-    return torch.cat([a, b])
+def _cat(a: Batch, b: Batch) -> dict[str, torch.Tensor]:
+    """Two padded batches as one along the batch axis, each padded to the longer sequence."""
+    width = max(_seq_len(a), _seq_len(b))
+    a, b = _pad_batch(a, width), _pad_batch(b, width)
+    return {k: torch.cat([a[k], b[k]]) for k in a if k in b}
 
 
 @contextmanager
@@ -411,24 +439,30 @@ def _masks_traced_under_functorch():
         masking_utils.is_tracing = original
 
 
-def _is_token_tensor(key: str, value: torch.Tensor) -> bool:
-    """Per-token inputs (ids, masks, token types, positions): 2-D integer tensors; labels excepted."""
-    return key != "labels" and value.dim() == 2 and not value.is_floating_point()
+def _is_token_tensor(value: torch.Tensor) -> bool:
+    """Per-token tensors (ids, masks, token types, positions, LM labels): 2-D integer tensors."""
+    return value.dim() == 2 and not value.is_floating_point()
 
 
 def _seq_len(batch: Batch) -> int:
-    return max((v.shape[1] for k, v in batch.items() if _is_token_tensor(k, v)), default=0)
+    return max((v.shape[1] for v in batch.values() if _is_token_tensor(v)), default=0)
 
 
 def _pad_batch(batch: Batch, width: int) -> dict[str, torch.Tensor]:
-    """Pad the per-token tensors with zeros (masked out) to ``width``: on the left if the batch is left-padded."""
+    """Pad the per-token tensors to ``width`` with zeros (masked out; -100, ignored, for LM labels), on the left
+    if the batch is left-padded."""
     mask = batch.get("attention_mask")
-    left = mask is not None and mask.dim() == 2 and bool((mask[:, -1] == 1).all()) and bool((mask[:, 0] == 0).any())
+    left = (
+        mask is not None
+        and mask.dim() == 2
+        and bool((mask[:, -1] == 1).all())
+        and bool((mask[:, 0] == 0).any())
+    )
     out = {}
     for k, v in batch.items():
-        if _is_token_tensor(k, v) and v.shape[1] < width:
+        if _is_token_tensor(v) and v.shape[1] < width:
             extra = width - v.shape[1]
-            v = F.pad(v, (extra, 0) if left else (0, extra))
+            v = F.pad(v, (extra, 0) if left else (0, extra), value=-100 if k == "labels" else 0)
         out[k] = v
     return out
 

@@ -16,18 +16,31 @@ class MetaTrainingConfig:
 
     output_dir: str = field(default="outputs/meta", metadata={"help": "Where checkpoints and the model go."})
     algorithm: str = field(default="fomaml", metadata={"help": f"One of {ALGORITHMS}."})
-    inner_steps: int | None = field(default=None, metadata={"help": "Inner SGD steps (default: the algorithm's)."})
+    inner_steps: int | None = field(
+        default=None, metadata={"help": "Inner SGD steps (default: the algorithm's)."}
+    )
     inner_lr: float | None = field(default=None, metadata={"help": "Inner LR (default: the algorithm's)."})
     fast_weights: str | None = field(
-        default=None, metadata={"help": f"Inner-loop parameters, one of {FAST_WEIGHTS} (default: the algorithm's)."}
+        default=None,
+        metadata={"help": f"Inner-loop parameters, one of {FAST_WEIGHTS} (default: the algorithm's)."},
     )
     top_k: int = field(default=1, metadata={"help": "Blocks adapted with fast_weights='top_k'."})
-    task_loss: str = field(default="cross_entropy", metadata={"help": "'cross_entropy' or 'mse' (regression)."})
-    meta_batch_size: int = field(default=4, metadata={"help": "Tasks a meta-step, over all processes together."})
+    task_loss: str = field(
+        default="cross_entropy",
+        metadata={
+            "help": "'cross_entropy' (classification), 'mse' (regression) or 'lm' (the model's token loss on "
+            "target tokens: translation with seq2seq or causal LMs)."
+        },
+    )
+    meta_batch_size: int = field(
+        default=4, metadata={"help": "Tasks a meta-step, over all processes together."}
+    )
     batch_tasks: bool = field(
         default=True,
-        metadata={"help": "Batch a process's tasks of a meta-step (ProtoNets: one embedding pass; MAML/FOMAML/ANIL: "
-                          "torch.func.vmap over tasks when their padded shapes agree), else one task at a time."},
+        metadata={
+            "help": "Batch a process's tasks of a meta-step (ProtoNets: one embedding pass; MAML/FOMAML/ANIL: "
+            "torch.func.vmap over tasks when their padded shapes agree), else one task at a time."
+        },
     )
     max_steps: int = field(default=500, metadata={"help": "Meta-steps."})
     outer_lr: float = field(default=3e-5, metadata={"help": "Learning rate of the outer optimizer."})
@@ -46,13 +59,20 @@ class MetaTrainingConfig:
     early_stopping_patience: int = field(
         default=0, metadata={"help": "Stop after this many validations without improvement (0: off)."}
     )
-    save_steps: int = field(default=100, metadata={"help": "Checkpoint every this many steps (0: only at the end)."})
-    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept (the best one is kept too)."})
+    save_steps: int = field(
+        default=100, metadata={"help": "Checkpoint every this many steps (0: only at the end)."}
+    )
+    save_total_limit: int = field(
+        default=2, metadata={"help": "Checkpoints kept (the best one is kept too)."}
+    )
     logging_steps: int = field(default=10, metadata={"help": "Log every this many steps."})
-    report_to: list[str] = field(default_factory=list, metadata={"help": "Trackers for accelerate: tensorboard, wandb..."})
+    report_to: list[str] = field(
+        default_factory=list, metadata={"help": "Trackers for accelerate: tensorboard, wandb..."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the episodes and of everything else."})
     resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "A checkpoint folder to resume from, or 'last' for the newest in output_dir."}
+        default=None,
+        metadata={"help": "A checkpoint folder to resume from, or 'last' for the newest in output_dir."},
     )
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bar."})
 

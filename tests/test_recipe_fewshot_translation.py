@@ -1,0 +1,76 @@
+"""The few-shot translation recipe end to end on a tiny Llama: every method on the same tasks, card, push."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from huggingface_hub import HfApi, ModelCard
+
+from hf_metatransfer.recipes.fewshot_translation import cli
+from tests.hub_server import TOKEN, hub_fixture  # noqa: F401 - the fixture 'hub'
+from tests.test_translation_models import char_tokenizer, parallel, tiny_llama
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    model_dir, data = tmp_path / "tiny-llama", tmp_path / "parallel.jsonl"
+    tiny_llama().save_pretrained(model_dir)
+    char_tokenizer().save_pretrained(model_dir)
+    parallel(n=30, targets=("xx", "yy", "zz", "ww")).to_json(data)
+    return model_dir, data
+
+
+def test_recipe_scores_every_method_on_the_same_held_out_tasks_and_pushes(hub, tmp_path, tiny_run, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    model_dir, data = tiny_run
+    out = tmp_path / "run"
+    summary = cli([
+        "--model_name_or_path", str(model_dir), "--dataset_name", "json", "--data_files", str(data),
+        "--test_languages", "ww", "zz", "--k_shots", "2", "4", "--q_query", "3", "--max_target_length", "12",
+        "--max_length", "256", "--methods", "zero-shot", "in-context", "full", "lora", "meta-lora",
+        "--adapt_steps", "2", "--algorithm", "reptile", "--inner_steps", "1", "--meta_batch_size", "2",
+        "--meta_k_support", "2", "--meta_q_query", "2", "--max_steps", "2", "--save_steps", "0",
+        "--output_dir", str(out), "--disable_tqdm", "true", "--push_to_hub", "tester/translate-tiny",
+    ])  # fmt: skip
+    results = summary["results"]
+    assert list(results) == ["zero-shot", "in-context", "full fine-tuning", "LoRA from the base model",
+                             "LoRA from the meta-learned initialisation"]  # fmt: skip
+    for by_k in results.values():
+        assert set(by_k) == {"2", "4"}
+        for r in by_k.values():  # one task a held-out language, in order, the same queries for every method
+            assert [t["target_lang"] for t in r["per_task"]] == ["ww", "zz"]
+            queries = [[e[0] for e in t["examples"]] for t in r["per_task"]]
+            assert queries == [[e[0] for e in t["examples"]] for t in results["zero-shot"]["2"]["per_task"]]
+    assert summary["meta_training"]["task_loss"] == "lm" and summary["meta_training_seconds"] > 0
+    assert set(summary["meta_training"]) >= {"algorithm", "max_steps"}
+    assert json.loads((out / "results.json").read_text())["results"].keys() == results.keys()
+
+    card = ModelCard.load(out / "README.md")
+    assert card.data.pipeline_tag == "translation" and {"ww", "zz", "xx", "yy"} <= set(card.data.language)
+    assert "reptile" in card.text.lower() and "LoRA from the meta-learned initialisation" in card.text
+    files = set(HfApi(endpoint=hub.url, token=TOKEN).list_repo_files("tester/translate-tiny"))
+    assert {"README.md", "adapter_model.safetensors", "adapter_config.json", "results.json"} <= files
+    assert not any(f.startswith("checkpoint-") for f in files)
+
+
+def test_recipe_refuses_a_held_out_language_it_also_meta_trains_on(tmp_path, tiny_run):
+    model_dir, data = tiny_run
+    with pytest.raises(Exception, match="zz"):
+        cli(["--model_name_or_path", str(model_dir), "--dataset_name", "json", "--data_files", str(data),
+             "--test_languages", "zz", "--train_languages", "xx", "zz", "--output_dir", str(tmp_path / "o")])  # fmt: skip
+
+
+def test_translation_config_ships_and_parses():
+    from pathlib import Path
+
+    from hf_metatransfer.cli_args import parse_args
+    from hf_metatransfer.meta import MetaTrainingConfig
+    from hf_metatransfer.recipes.fewshot_translation import TranslationArguments
+    from hf_metatransfer.recipes.meta_train import PublishArguments
+
+    config_path = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "fewshot_translation.yaml"
+    args, config, _ = parse_args((TranslationArguments, MetaTrainingConfig, PublishArguments),
+                                 ["--config", str(config_path)])  # fmt: skip
+    assert args.model_name_or_path == "embedded" and args.k_shots == [8, 32]
+    assert config.algorithm == "fomaml" and "meta-lora" in args.methods
