@@ -9,6 +9,7 @@ RECIPES = {
     "quickstart": ("quickstart", "The main job: meta-train, meta-test against baselines, plot and card, offline."),
     "finetune": ("finetune", "Fine-tune a Hub checkpoint with LP-FT, layer-wise LR, unfreezing, surgical, re-init."),
     "meta-train": ("meta_train", "Meta-train (MAML, FOMAML, Reptile, ANIL, ProtoNets, Meta-SGD), then meta-test."),
+    "lecture": ("lecture", "The lecture's experiments: tiny-K meta-learning, scratch, surgical, self-pre-training."),
     "fewshot-translation": (
         "fewshot_translation",
         "Few-shot translation into held-out languages: zero-shot, in-context, LoRA, meta-learned LoRA.",

@@ -1,0 +1,69 @@
+"""What every lecture experiment shares: one-thread CPU runs, Student-t intervals, paired differences, output."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import statistics
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from scipy import stats
+from threadpoolctl import threadpool_limits
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """``n`` torch intra-op threads and ``n`` BLAS threads inside: on shared cores more threads only fight."""
+    if n < 1:
+        raise ValueError(f"threads={n}: use 1 or more (1 is fastest for small models on shared cores).")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def mean_ci(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% Student-t interval (0 for a single value: no spread to estimate)."""
+    if not values:
+        raise ValueError("mean_ci needs at least one value.")
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(
+        len(values)
+    )
+
+
+def paired(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Mean and 95% CI of ``a - b`` over matched units (the same episode or seed): sharper than two intervals."""
+    if len(a) != len(b):
+        raise ValueError(f"Paired differences need matched units: got {len(a)} and {len(b)} values.")
+    return mean_ci([x - y for x, y in zip(a, b)])
+
+
+def pct(mean_and_ci: tuple[float, float], digits: int = 1) -> str:
+    """A ``(mean, half-width)`` fraction as ``"87.3 +- 2.1"`` percent."""
+    mean, ci = mean_and_ci
+    return f"{100 * mean:.{digits}f} +- {100 * ci:.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(output_dir: str | Path, results: dict[str, Any]) -> Path:
+    """``results.json`` in ``output_dir`` (created): the machine-readable record of a run."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    path.write_text(json.dumps(results, indent=2))
+    return path
