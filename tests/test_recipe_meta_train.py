@@ -40,7 +40,7 @@ def test_quickstart_config_ships_in_the_package_and_parses():
     from hf_metatransfer.cli_args import parse_args
     from hf_metatransfer.meta import MetaTrainingConfig
     from hf_metatransfer.recipes.finetune import ModelArguments
-    from hf_metatransfer.recipes.meta_train import EpisodeArguments, PublishArguments
+    from hf_metatransfer.recipes.meta_train import EpisodeArguments, PublishArguments, language_split
     from hf_metatransfer.recipes.quickstart import CONFIG
 
     model, episodes, config, publish = parse_args(
@@ -48,4 +48,33 @@ def test_quickstart_config_ships_in_the_package_and_parses():
     )
     assert model.model_name_or_path == "embedded" and config.algorithm == "protonets"
     assert (episodes.n_way, episodes.k_shot) == (5, 5) and publish.push_to_hub is None
+    held_out = set(episodes.validation_languages) | set(episodes.test_languages)
+    assert episodes.test_languages and not held_out & set(language_split(episodes)["train"])
     assert set(episodes.baselines) == {"nearest-centroid", "linear-probe", "fine-tuning", "lp-ft"}
+
+
+def test_held_out_languages_are_never_meta_trained_on_and_are_the_test_languages(tmp_path, tiny_checkpoint):  # noqa: F811
+    from datasets import load_from_disk
+
+    out = tmp_path / "run"
+    cli([
+        "--model_name_or_path", str(tiny_checkpoint), "--languages", "en", "de", "fr", "--validation_languages", "de",
+        "--test_languages", "fr", "--mode", "monolingual", "--cap_per_intent", "20", "--n_way", "3", "--k_shot", "2",
+        "--q_query", "2", "--algorithm", "protonets", "--meta_batch_size", "2", "--max_steps", "2", "--eval_steps", "1",
+        "--eval_episodes", "2", "--save_steps", "0", "--test_episodes", "3", "--baselines", "nearest-centroid",
+        "--output_dir", str(out), "--disable_tqdm", "true",
+    ])  # fmt: skip
+    episodes = load_from_disk(str(out / "test_episodes"))
+    assert set(episodes["support_lang"]) == set(episodes["query_lang"]) == {"fr"}
+    card = ModelCard.load(out / "README.md")
+    assert "| meta-training languages | en |" in card.text and "| evaluation languages | fr |" in card.text
+
+
+def test_held_out_languages_need_a_validation_language_outside_them(tmp_path, tiny_checkpoint):  # noqa: F811
+    import pytest
+
+    common = ["--model_name_or_path", str(tiny_checkpoint), "--languages", "en", "fr", "--output_dir", str(tmp_path)]
+    with pytest.raises(ValueError, match="need validation_languages"):
+        cli([*common, "--test_languages", "fr"])
+    with pytest.raises(ValueError, match=r"\['de'\] are not in `languages`"):
+        cli([*common, "--test_languages", "fr", "--validation_languages", "de"])
