@@ -19,12 +19,13 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from hf_metatransfer.cli_args import parse_args
 from hf_metatransfer.episodes import EpisodeCollator, TokenStore, episodes_to_dataset, tokenize_dataset
-from hf_metatransfer.episodes.presets import ha_intents_tasks
+from hf_metatransfer.episodes.presets import TaskCollection, ha_intents_tasks
 from hf_metatransfer.hub.cards import hub_id
 from hf_metatransfer.hub.plots import method_comparison
 from hf_metatransfer.meta import (
@@ -148,68 +149,90 @@ def episode_languages(episodes) -> list[str]:
     return sorted({lang for e in episodes for lang in (e.support_lang, e.query_lang) if lang})
 
 
-def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingConfig,
-         publish: PublishArguments | None = None) -> dict:  # fmt: skip
-    logging.basicConfig(level=logging.INFO)
+@dataclass
+class EpisodeSetup:
+    """The intents as class- (and language-) disjoint tasks, tokenised once, and the model they are scored with."""
+
+    tasks: TaskCollection
+    tokenizer: Any
+    collate: EpisodeCollator
+    name: str
+    model_class: type
+
+    def sampler(self, ep: EpisodeArguments, split: str, seed: int):
+        return self.tasks.sampler(split, ep.n_way, ep.k_shot, ep.q_query, mode=ep.mode, seed=seed,
+                                  support_languages=ep.support_languages, query_languages=ep.query_languages)  # fmt: skip
+
+    def load_model(self, model_args: ModelArguments, n_way: int, name: str | None = None):
+        return self.model_class.from_pretrained(
+            name or self.name, revision=model_args.revision, trust_remote_code=model_args.trust_remote_code,
+            use_safetensors=True, num_labels=n_way,
+        )  # fmt: skip
+
+
+def setup_episodes(model_args: ModelArguments, ep: EpisodeArguments, seed: int) -> EpisodeSetup:
     unknown = [b for b in ep.baselines if b not in BASELINES]
     if unknown:
         raise ValueError(f"Unknown baselines {unknown}: use any of {list(BASELINES)}.")
     name, model_class, prefix = resolve_model(model_args.model_name_or_path)
-    tasks = ha_intents_tasks(languages=ep.languages, seed=config.seed, class_ratios=ep.class_ratios,
+    tasks = ha_intents_tasks(languages=ep.languages, seed=seed, class_ratios=ep.class_ratios,
                              language_split=language_split(ep), slots=ep.slots,
                              cap_per_intent=ep.cap_per_intent)  # fmt: skip
     logger.info(tasks.summary())
     tokenizer = AutoTokenizer.from_pretrained(name, revision=model_args.revision,
                                               trust_remote_code=model_args.trust_remote_code)  # fmt: skip
     tokenized = tokenize_dataset(tasks.dataset, tokenizer, max_length=ep.max_length, prefix=prefix)
-    collate = EpisodeCollator(TokenStore(tokenized, tokenizer.pad_token_id))
+    return EpisodeSetup(tasks, tokenizer, EpisodeCollator(TokenStore(tokenized, tokenizer.pad_token_id)), name,
+                        model_class)  # fmt: skip
 
-    def sampler(split: str, seed: int):
-        return tasks.sampler(split, ep.n_way, ep.k_shot, ep.q_query, mode=ep.mode, seed=seed,
-                             support_languages=ep.support_languages, query_languages=ep.query_languages)  # fmt: skip
 
-    def load_model():
-        return model_class.from_pretrained(
-            name, revision=model_args.revision, trust_remote_code=model_args.trust_remote_code,
-            use_safetensors=True, num_labels=ep.n_way,
-        )  # fmt: skip
+def score_against_baselines(model, algorithm, meta_name: str, pretrained, test_episodes: list, collate,
+                            ep: EpisodeArguments, out: Path) -> list:  # fmt: skip
+    """The model adapted by ``algorithm`` and each baseline on the same episodes (the slow ones on a subset);
+    prints the table, draws ``meta_test.png``."""
+    rows = [meta_test(model, algorithm, test_episodes, collate, name=meta_name)]
+    subset = test_episodes[: ep.slow_baseline_episodes]
+    slow = [b for b in ep.baselines if b in SLOW_BASELINES]
+    for baseline in ep.baselines:
+        episodes = subset if baseline in SLOW_BASELINES else test_episodes
+        rows.append(meta_test(pretrained, BASELINES[baseline](), episodes, collate, name=baseline))
+    if slow and len(subset) < len(test_episodes):
+        rows.append(meta_test(model, algorithm, subset, collate, name=f"{meta_name}, first {len(subset)} episodes"))
+    held_out = "held-out intents" + (" in held-out languages" if ep.test_languages else "")
+    print(f"\n{ep.n_way}-way {ep.k_shot}-shot, {len(test_episodes)} test episodes of {held_out} "
+          f"({ep.mode}, {', '.join(episode_languages(test_episodes))})")  # fmt: skip
+    print("| method | accuracy (%) +- 95% CI | adaptation s/episode | episodes |\n|---|---|---|---|")
+    print("\n".join(r.row() for r in rows))
+    title = f"{ep.n_way}-way {ep.k_shot}-shot, {held_out}"
+    if method_comparison([(r.method, r.accuracy, r.ci95) for r in rows], out / "meta_test.png", title):
+        print(f"Plot: {out / 'meta_test.png'}")
+    return rows
 
-    model = load_model()
-    trainer = MetaTrainer(model, config, sampler("train", config.seed), collate,
-                          eval_sampler=sampler("validation", config.seed + 1))  # fmt: skip
+
+def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingConfig,
+         publish: PublishArguments | None = None) -> dict:  # fmt: skip
+    logging.basicConfig(level=logging.INFO)
+    setup = setup_episodes(model_args, ep, config.seed)
+    model = setup.load_model(model_args, ep.n_way)
+    trainer = MetaTrainer(model, config, setup.sampler(ep, "train", config.seed), setup.collate,
+                          eval_sampler=setup.sampler(ep, "validation", config.seed + 1))  # fmt: skip
     trainer.train()
     results = {"episodes": asdict(ep), "meta_training": asdict(config), "meta_test": []}
     if trainer.accelerator.is_main_process:
-        test_episodes = sampler("test", config.seed + 2).batch(range(ep.test_episodes))
+        test_episodes = setup.sampler(ep, "test", config.seed + 2).batch(range(ep.test_episodes))
         out = Path(config.output_dir)
         episodes_to_dataset(test_episodes).save_to_disk(out / "test_episodes")
-        meta_name = f"{config.algorithm} (meta-learned)"
-        rows = [meta_test(model, trainer.algorithm, test_episodes, collate, name=meta_name)]
-        pretrained = load_model()
-        subset = test_episodes[: ep.slow_baseline_episodes]
-        slow = [b for b in ep.baselines if b in SLOW_BASELINES]
-        for baseline in ep.baselines:
-            episodes = subset if baseline in SLOW_BASELINES else test_episodes
-            rows.append(meta_test(pretrained, BASELINES[baseline](), episodes, collate, name=baseline))
-        if slow and len(subset) < len(test_episodes):
-            rows.append(meta_test(model, trainer.algorithm, subset, collate,
-                                  name=f"{meta_name}, first {len(subset)} episodes"))  # fmt: skip
+        rows = score_against_baselines(model, trainer.algorithm, f"{config.algorithm} (meta-learned)",
+                                       setup.load_model(model_args, ep.n_way), test_episodes, setup.collate, ep,
+                                       out)  # fmt: skip
         results["meta_test"] = [asdict(r) for r in rows]
         (out / "results.json").write_text(json.dumps(results, indent=2))
-        held_out = "held-out intents" + (" in held-out languages" if ep.test_languages else "")
-        print(f"\n{ep.n_way}-way {ep.k_shot}-shot, {ep.test_episodes} test episodes of {held_out} "
-              f"({ep.mode}, {', '.join(episode_languages(test_episodes))})")  # fmt: skip
-        print("| method | accuracy (%) +- 95% CI | adaptation s/episode | episodes |\n|---|---|---|---|")
-        print("\n".join(r.row() for r in rows))
-        title = f"{ep.n_way}-way {ep.k_shot}-shot, {held_out}"
-        if method_comparison([(r.method, r.accuracy, r.ci95) for r in rows], out / "meta_test.png", title):
-            print(f"Plot: {out / 'meta_test.png'}")
         publish = publish or PublishArguments()
         episodes_repo = f"{publish.push_to_hub}-episodes" if publish.push_to_hub else None
-        tokenizer.save_pretrained(out)
+        setup.tokenizer.save_pretrained(out)
         base_model = hub_id(model_args.model_name_or_path)
-        write_card(out, publish.push_to_hub or out.name, base_model, ep, config, trainer.algorithm, tasks, rows,
-                   episodes_repo)  # fmt: skip
+        write_card(out, publish.push_to_hub or out.name, base_model, ep, config, trainer.algorithm, setup.tasks,
+                   rows, episodes_repo)  # fmt: skip
         if publish.push_to_hub:
             from hf_metatransfer.hub.publish import push_episodes, push_folder
 

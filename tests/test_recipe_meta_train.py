@@ -78,3 +78,24 @@ def test_held_out_languages_need_a_validation_language_outside_them(tmp_path, ti
         cli([*common, "--test_languages", "fr"])
     with pytest.raises(ValueError, match=r"\['de'\] are not in `languages`"):
         cli([*common, "--test_languages", "fr", "--validation_languages", "de"])
+
+
+def test_meta_test_recipe_rescores_the_saved_episodes_exactly(tmp_path, tiny_checkpoint):  # noqa: F811
+    from hf_metatransfer.recipes.meta_test import cli as meta_test_cli
+
+    out = tmp_path / "run"
+    data = ["--languages", "en", "--cap_per_intent", "20", "--n_way", "3", "--k_shot", "2", "--q_query", "2"]
+    trained = cli([
+        "--model_name_or_path", str(tiny_checkpoint), *data, "--algorithm", "protonets", "--meta_batch_size", "2",
+        "--max_steps", "2", "--eval_steps", "0", "--save_steps", "0", "--test_episodes", "4",
+        "--baselines", "nearest-centroid", "--output_dir", str(out), "--disable_tqdm", "true",
+    ])  # fmt: skip
+    retested = meta_test_cli([
+        "--model_name_or_path", str(out), *data, "--algorithm", "protonets", "--episodes", str(out / "test_episodes"),
+        "--baseline_model_name_or_path", str(tiny_checkpoint), "--baselines", "nearest-centroid",
+        "--results_dir", str(tmp_path / "retest"),
+    ])  # fmt: skip
+    before = {r["method"].split(" (")[0]: r["per_episode"] for r in trained["meta_test"]}
+    after = {r["method"].split(" (")[0]: r["per_episode"] for r in retested["meta_test"]}
+    assert after == before  # the same episodes, the same meta-learned weights, the same baseline: the same scores
+    assert (tmp_path / "retest" / "results.json").exists()

@@ -1,0 +1,95 @@
+"""Meta-test a meta-learned model against the non-meta baselines on the same few-shot episodes.
+
+    hf-metatransfer meta-test --config recipes/configs/quickstart.yaml --model_name_or_path outputs/quickstart \
+        --episodes outputs/quickstart/test_episodes
+    hf-metatransfer meta-test --model_name_or_path you/minilm-protonets-intents --episodes you/minilm-protonets-intents-episodes
+
+The model (a meta-train output folder or its Hub repo) adapts to each episode with its algorithm (``--algorithm``
+and the inner-loop options of meta-training); nearest centroid, a linear probe, fine-tuning and LP-FT adapt the
+base encoder (``--baseline_model_name_or_path``). Episodes are the saved ones (a folder written by meta-training,
+or the dataset repo it pushed) or, without ``--episodes``, drawn afresh from the test split. Saved episodes hold
+row numbers of the intents dataset: pass the same data options (languages, splits, slots, cap, seed) as the run
+that saved them, for instance its YAML config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import datasets
+
+from hf_metatransfer.cli_args import parse_args
+from hf_metatransfer.episodes import episodes_from_dataset
+from hf_metatransfer.meta import MetaTrainingConfig, build_algorithm
+from hf_metatransfer.recipes.finetune import EMBEDDED, ModelArguments
+from hf_metatransfer.recipes.meta_train import (
+    EpisodeArguments,
+    PublishArguments,
+    resolve_model,
+    score_against_baselines,
+    setup_episodes,
+)
+
+logger = logging.getLogger("hf_metatransfer.meta_test")
+
+
+@dataclass
+class MetaTestArguments:
+    baseline_model_name_or_path: str = field(
+        default=EMBEDDED, metadata={"help": "The base encoder the baselines adapt ('embedded': all-MiniLM-L6-v2)."}
+    )
+    episodes: str | None = field(
+        default=None,
+        metadata={"help": "Saved test episodes: a folder (save_to_disk) or a Hub dataset repo; default: new ones."},
+    )
+    results_dir: str = field(default="outputs/meta_test", metadata={"help": "Where results.json and the plot go."})
+
+
+def load_episodes(source: str) -> list:
+    data = datasets.load_from_disk(source) if os.path.isdir(source) else datasets.load_dataset(source, split="train")
+    return episodes_from_dataset(data)
+
+
+def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingConfig,
+         test: MetaTestArguments) -> dict:  # fmt: skip
+    logging.basicConfig(level=logging.INFO)
+    setup = setup_episodes(model_args, ep, config.seed)
+    if test.episodes:
+        episodes = load_episodes(test.episodes)
+        rows = len(setup.tasks.dataset)
+        beyond = [e.episode_id for e in episodes if int(max(e.support.max(), e.query.max())) >= rows]
+        if beyond:
+            raise ValueError(f"Episodes {beyond[:5]} point past the {rows} rows of the intents dataset: pass the "
+                             "data options (languages, cap_per_intent, slots, seed) of the run that saved them.")  # fmt: skip
+    else:
+        episodes = setup.sampler(ep, "test", config.seed + 2).batch(range(ep.test_episodes))
+    model = setup.load_model(model_args, ep.n_way).eval()
+    algorithm = build_algorithm(config.algorithm, **config.algorithm_kwargs())
+    algorithm.setup(model)
+    baseline_name, _, _ = resolve_model(test.baseline_model_name_or_path)
+    out = Path(test.results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = score_against_baselines(model, algorithm, f"{config.algorithm} ({model_args.model_name_or_path})",
+                                   setup.load_model(model_args, ep.n_way, name=baseline_name), episodes,
+                                   setup.collate, ep, out)  # fmt: skip
+    results = {"episodes": asdict(ep), "algorithm": config.algorithm_kwargs() | {"algorithm": config.algorithm},
+               "source": test.episodes, "meta_test": [asdict(r) for r in rows]}  # fmt: skip
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def cli(argv: list[str] | None = None) -> dict:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    model, ep, config, test, _ = parse_args(
+        (ModelArguments, EpisodeArguments, MetaTrainingConfig, MetaTestArguments, PublishArguments), argv
+    )  # PublishArguments: so a meta-train YAML (which may name push_to_hub) parses; nothing is pushed here
+    return main(model, ep, config, test)
+
+
+if __name__ == "__main__":
+    cli(sys.argv[1:])
