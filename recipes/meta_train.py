@@ -36,9 +36,7 @@ from hf_metatransfer.meta import (
     NearestCentroid,
     meta_test,
 )
-from hf_metatransfer.recipes.finetune import EMBEDDED, ModelArguments
-
-EMBEDDED_MULTILINGUAL = "embedded-multilingual"
+from hf_metatransfer.recipes.finetune import EMBEDDED, EMBEDDED_MULTILINGUAL, ModelArguments
 
 logger = logging.getLogger("hf_metatransfer.meta_train")
 

@@ -123,7 +123,9 @@ def test_pretrained_vs_scratch_refuses_sizes_the_classes_cannot_hold():
         run_pretrained_vs_scratch(lambda n: tiny_bert(n), token_classes(4, 12), args, seeds=[0])
 
 
-@pytest.mark.parametrize("name", ["tiny_k", "pretrained_vs_scratch", "surgical_shift", "self_pretraining"])
+@pytest.mark.parametrize(
+    "name", ["tiny_k", "pretrained_vs_scratch", "surgical_shift", "self_pretraining", "lpft_shift"]
+)
 def test_lecture_configs_ship_and_parse(name):
     from hf_metatransfer.cli_args import parse_args
     from hf_metatransfer.recipes.lecture import ARGUMENTS
@@ -208,3 +210,98 @@ def test_surgical_shift_tunes_only_the_chosen_part(tmp_path, tiny_checkpoint):  
     assert plot_surgical(result, plot) and plot.read_bytes()[:8] == PNG
     with pytest.raises(ValueError, match="lower source_per_class"):
         run_surgical_shift(model_init, data, tokenizer, SurgicalArguments(source_per_class=50), seeds=[0])
+
+
+def lpft_data():
+    """Three intents in English and two OOD languages, 8 rows a (language, intent)."""
+    import datasets
+
+    words = {"light": ["lights", "lamp"], "music": ["music", "song"], "door": ["door", "gate"]}
+    rows = [(f"{verb} the {w} {n}", intent, lang) for intent, ws in words.items() for w in ws
+            for verb, lang in (("switch", "en"), ("schalte", "de"), ("allume", "fr")) for n in range(4)]  # fmt: skip
+    return datasets.Dataset.from_dict({"text": [r[0] for r in rows], "intent": [r[1] for r in rows],
+                                       "lang": [r[2] for r in rows]})  # fmt: skip
+
+
+def test_lpft_shift_scores_lp_before_ft_on_the_same_rows_and_pairs_by_seed(
+    tmp_path, tiny_checkpoint, monkeypatch  # noqa: F811
+):
+    import transformers as T
+
+    from hf_metatransfer.experiments import (
+        LpftShiftArguments,
+        lpft_model_loader,
+        lpft_shift_table,
+        plot_lpft_shift,
+    )
+    from hf_metatransfer.experiments import lpft_shift as lpft
+
+    data = lpft_data()
+    tokenizer = T.AutoTokenizer.from_pretrained(tiny_checkpoint)
+    args = LpftShiftArguments(lpft_shots=2, id_test=4, ood_langs=["de", "fr"], ood_per_lang=3, min_id_test=2,
+                              min_ood_per_intent=2, lpft_epochs=1, lpft_batch_size=2, text_prefix="")  # fmt: skip
+    evaluated: list[tuple] = []  # every evaluation, in order: the rows' (input_ids, label) pairs
+    accuracy = lpft.accuracy
+
+    def recording(model, rows, collator, batch_size):
+        evaluated.append(tuple(zip(map(tuple, rows["input_ids"]), rows["labels"])))
+        return accuracy(model, rows, collator, batch_size)
+
+    monkeypatch.setattr(lpft, "accuracy", recording)
+
+    def run(seeds: list[int]) -> dict:
+        return lpft.run_lpft_shift(lpft_model_loader(tiny_checkpoint, "mean"), data, tokenizer, args, seeds=seeds)
+
+    result = run([0, 1])
+
+    assert result["classes"] == 3 and result["train_examples"] == 6 and result["intents"] == ["door", "light", "music"]
+    assert result["frozen"] == ["bert.embeddings.word_embeddings.weight"]
+    for seed in result["per_seed"]:
+        assert seed["LP"]["steps"] == 0 < seed["FT"]["steps"] == seed["LP-FT"]["steps"]  # LP: scored before FT
+        assert not set(seed["train_rows"]) & set(seed["id_rows"]) and len(seed["id_rows"]) == 4
+        assert {data[i]["lang"] for i in seed["train_rows"] + seed["id_rows"]} == {"en"}
+        assert all({data[i]["lang"] for i in rows} == {lang} for lang, rows in seed["ood_rows"].items())
+    # Per seed: LP (de, fr, id), LP-FT (de, fr, id, train), FT (the same): one ID and one OOD set per language.
+    per_seed = len(evaluated) // 2
+    for calls in (evaluated[:per_seed], evaluated[per_seed:]):
+        lp, lp_ft, ft = calls[:3], calls[3:6], calls[7:10]
+        assert lp == lp_ft == ft and calls[6] == calls[10] and len(set(calls)) == 4
+    assert evaluated[:2] == evaluated[per_seed : per_seed + 2]  # the OOD rows: the same for every seed
+    assert evaluated[2] != evaluated[per_seed + 2]  # the ID rows: drawn per seed
+    again = run([1])["per_seed"][0]
+    assert again["id_rows"] == result["per_seed"][1]["id_rows"] != result["per_seed"][0]["id_rows"]
+    assert again["LP"]["id"] == result["per_seed"][1]["LP"]["id"]
+    for name, (a, b) in {"LP-FT - FT": ("LP-FT", "FT"), "LP - FT": ("LP", "FT")}.items():
+        diffs = [s[a]["ood"] - s[b]["ood"] for s in result["per_seed"]]
+        assert result["paired"][name]["ood"] == round(mean_ci(diffs)[0], 2)
+        assert result["paired"][name]["ood_ci"] == round(mean_ci(diffs)[1], 2)  # the spread of per-seed differences
+
+    table = lpft_shift_table(result)
+    assert "| LP-FT |" in table and "LP-FT - FT" in table and "word embeddings FROZEN" in table
+    plot = tmp_path / "lpft.png"
+    assert plot_lpft_shift(result, plot) and plot.read_bytes()[:8] == PNG
+    with pytest.raises(ValueError, match="pooling='cls' is unknown"):
+        LpftShiftArguments(pooling="cls")
+    with pytest.raises(ValueError, match="lower min_ood_per_intent"):
+        lpft.run_lpft_shift(lpft_model_loader(tiny_checkpoint, "mean"), data, tokenizer,
+                            LpftShiftArguments(min_ood_per_intent=50), seeds=[0])  # fmt: skip
+
+
+def test_lecture_lpft_shift_config_is_the_benchmarks_defaults_and_the_recipe_runs(tmp_path, tiny_checkpoint, capsys):  # noqa: F811
+    import json
+
+    from hf_metatransfer.cli_args import parse_args
+    from hf_metatransfer.experiments import LpftShiftArguments
+    from hf_metatransfer.recipes.lecture import ARGUMENTS, EMBEDDED_MULTILINGUAL, cli
+
+    config = files("hf_metatransfer.recipes") / "configs" / "lecture_lpft_shift.yaml"
+    model, lecture, *_, lpft = parse_args(ARGUMENTS, ["--config", str(config)])
+    assert lpft == LpftShiftArguments() and model.model_name_or_path == EMBEDDED_MULTILINGUAL and lecture.seeds == [0, 1, 2]
+    out = tmp_path / "run"
+    cli(["--experiment", "lpft_shift", "--model_name_or_path", str(tiny_checkpoint), "--cap_per_intent", "6",
+         "--lpft_shots", "2", "--id_test", "6", "--min_id_test", "1", "--ood_langs", "de", "--ood_per_lang", "6",
+         "--min_ood_per_intent", "1", "--lpft_epochs", "1", "--output_dir", str(out)])  # fmt: skip
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["experiment"] == "lpft_shift" and set(saved["paired"]) == {"LP-FT - FT", "LP - FT", "LP-FT - LP"}
+    assert (out / "lpft_shift.png").read_bytes()[:8] == PNG
+    assert "per_seed" not in json.loads(capsys.readouterr().out.strip().splitlines()[-1])

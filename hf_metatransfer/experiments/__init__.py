@@ -1,6 +1,13 @@
 """The lecture's experiments (issue 6) as library code: each runs on any model and data, the recipe on real ones."""
 
 from .common import cpu_threads, markdown_table, mean_ci, paired, write_results
+from .lpft_shift import (
+    LpftShiftArguments,
+    lpft_model_loader,
+    lpft_shift_table,
+    plot_lpft_shift,
+    run_lpft_shift,
+)
 from .pretrained_vs_scratch import (
     SizesArguments,
     plot_sizes,
@@ -12,16 +19,21 @@ from .surgical_shift import SurgicalArguments, plot_surgical, run_surgical_shift
 from .tiny_k import TinyKArguments, plot_tiny_k, run_tiny_k, tiny_k_table
 
 __all__ = [
+    "LpftShiftArguments",
     "SizesArguments",
     "SurgicalArguments",
     "TinyKArguments",
     "cpu_threads",
+    "lpft_model_loader",
+    "lpft_shift_table",
     "markdown_table",
     "mean_ci",
     "paired",
+    "plot_lpft_shift",
     "plot_sizes",
     "plot_surgical",
     "plot_tiny_k",
+    "run_lpft_shift",
     "run_pretrained_vs_scratch",
     "run_surgical_shift",
     "run_tiny_k",
