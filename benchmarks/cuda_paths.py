@@ -114,16 +114,17 @@ def trainer(model, out: str, **config):
     return MetaTrainer(model, MetaTrainingConfig(output_dir=out, **{**base, **config}), sampler, collate)
 
 
-def meta_steps(out: str) -> dict:
-    results = {}
+def meta_steps(out: str, meta_batch: int = META_BATCH) -> dict:
+    results = {"meta_batch": meta_batch}
     for algorithm in ("protonets", "fomaml"):
         for precision in ("no", "bf16"):
             for batched in (True, False):
                 t = trainer(minilm_shaped(), out, algorithm=algorithm, mixed_precision=precision, batch_tasks=batched,
+                            meta_batch_size=meta_batch,
                             inner_steps=1 if algorithm == "fomaml" else None, inner_lr=0.05 if algorithm == "fomaml" else None)  # fmt: skip
                 median, logs = cuda_time(meta_steps_of(t), warmup=3, repeats=10)
                 results[f"{algorithm}/{precision}/{'batched' if batched else 'looped'}"] = {
-                    "step_ms": round(1000 * median, 2), "tasks_per_s": round(META_BATCH / median, 1),
+                    "step_ms": round(1000 * median, 2), "tasks_per_s": round(meta_batch / median, 1),
                     "first_loss": round(logs[0]["loss"], 4), "last_loss": round(logs[-1]["loss"], 4),
                     "vmap_fell_back": bool(getattr(t.algorithm, "_vmap_broken", False)),
                 }  # fmt: skip
@@ -260,13 +261,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=None, help="Also write the JSON object here.")
     parser.add_argument("--smollm2-tokenizer", default=None, help="Folder with SmolLM2's tokenizer files.")
     parser.add_argument("--sections", nargs="+", default=["meta_steps", "second_order", "translation", "finetune"])
+    parser.add_argument("--meta-batch", type=int, default=META_BATCH, help="Tasks a meta-step in meta_steps.")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("No CUDA device: this benchmark checks the GPU paths (the CPU ones have their own).")
     import transformers
 
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "transformers": transformers.__version__}
-    sections = {"meta_steps": meta_steps, "second_order": second_order, "finetune": finetune,
+    sections = {"meta_steps": lambda out: meta_steps(out, args.meta_batch), "second_order": second_order,
+                "finetune": finetune,
                 "translation": lambda out: translation(out, args.smollm2_tokenizer)}  # fmt: skip
     with tempfile.TemporaryDirectory() as out:
         for name in args.sections:
