@@ -191,16 +191,15 @@ def smollm2_shaped():
 
 
 def translation(out: str, tokenizer_path: str | None) -> dict:
+    import datasets
     import transformers as T
 
     from hf_metatransfer.episodes import TranslationTaskSampler
     from hf_metatransfer.translation import SupportFineTuning, TranslationBatcher, add_lora, translate
 
-    if tokenizer_path:
-        tokenizer = T.AutoTokenizer.from_pretrained(tokenizer_path)
-    else:
+    if not tokenizer_path:
         raise RuntimeError("--smollm2-tokenizer is needed for the translation section")
-    import datasets
+    tokenizer = T.AutoTokenizer.from_pretrained(tokenizer_path)
 
     words = ["file", "user", "group", "name", "date", "time", "page", "list", "item", "field", "value", "error"]
     rows = [{"source": f"{a} {b} {i}", "target": f"{b.upper()} {a.upper()} {i}", "source_lang": "en",

@@ -29,6 +29,7 @@ from hf_metatransfer.cli_args import parse_args
 from hf_metatransfer.episodes import TranslationTask, TranslationTaskSampler, split_target_languages
 from hf_metatransfer.hub.cards import Result, hub_id
 from hf_metatransfer.meta import MetaTrainer, MetaTrainingConfig
+from hf_metatransfer.recipes.finetune import EMBEDDED
 from hf_metatransfer.recipes.meta_train import PublishArguments
 from hf_metatransfer.translation import (
     InContext,
@@ -42,7 +43,6 @@ from hf_metatransfer.translation import (
 
 logger = logging.getLogger("hf_metatransfer.fewshot_translation")
 
-EMBEDDED = "embedded"
 METHODS = ("zero-shot", "in-context", "full", "lora", "meta-lora")
 METHOD_NAMES = {
     "zero-shot": "zero-shot",

@@ -56,7 +56,8 @@ from hf_metatransfer.experiments import (  # noqa: E402
     tiny_k_table,
     write_results,
 )
-from hf_metatransfer.recipes.finetune import EMBEDDED, EMBEDDED_MULTILINGUAL, ModelArguments  # noqa: E402
+from hf_metatransfer.recipes.finetune import ModelArguments  # noqa: E402
+from hf_metatransfer.recipes.meta_train import resolve_model  # noqa: E402
 
 EXPERIMENTS = ("tiny_k", "pretrained_vs_scratch", "surgical_shift", "self_pretraining", "lpft_shift")
 
@@ -98,15 +99,7 @@ class LectureArguments:
 
 
 def model_path(model_args: ModelArguments) -> str:
-    if model_args.model_name_or_path == EMBEDDED:
-        from hf_metatransfer.data import minilm_path
-
-        return minilm_path()
-    if model_args.model_name_or_path == EMBEDDED_MULTILINGUAL:
-        from hf_metatransfer.data import multilingual_e5_small_path
-
-        return multilingual_e5_small_path()
-    return model_args.model_name_or_path
+    return resolve_model(model_args.model_name_or_path)[0]
 
 
 def classifier_loader(model_args: ModelArguments) -> Callable[[int], nn.Module]:

@@ -292,7 +292,8 @@ def test_lecture_lpft_shift_config_is_the_benchmarks_defaults_and_the_recipe_run
 
     from hf_metatransfer.cli_args import parse_args
     from hf_metatransfer.experiments import LpftShiftArguments
-    from hf_metatransfer.recipes.lecture import ARGUMENTS, EMBEDDED_MULTILINGUAL, cli
+    from hf_metatransfer.recipes.finetune import EMBEDDED_MULTILINGUAL
+    from hf_metatransfer.recipes.lecture import ARGUMENTS, cli
 
     config = files("hf_metatransfer.recipes") / "configs" / "lecture_lpft_shift.yaml"
     model, lecture, *_, lpft = parse_args(ARGUMENTS, ["--config", str(config)])

@@ -7,6 +7,7 @@ import json
 import pytest
 from huggingface_hub import HfApi, ModelCard
 
+from hf_metatransfer.episodes import SplitLeakError
 from hf_metatransfer.recipes.fewshot_translation import cli
 from tests.hub_server import TOKEN, hub_fixture  # noqa: F401 - the fixture 'hub'
 from tests.test_translation_models import char_tokenizer, parallel, tiny_llama
@@ -43,7 +44,6 @@ def test_recipe_scores_every_method_on_the_same_held_out_tasks_and_pushes(hub, t
             queries = [[e[0] for e in t["examples"]] for t in r["per_task"]]
             assert queries == [[e[0] for e in t["examples"]] for t in results["zero-shot"]["2"]["per_task"]]
     assert summary["meta_training"]["task_loss"] == "lm" and summary["meta_training_seconds"] > 0
-    assert set(summary["meta_training"]) >= {"algorithm", "max_steps"}
     assert json.loads((out / "results.json").read_text())["results"].keys() == results.keys()
 
     card = ModelCard.load(out / "README.md")
@@ -56,7 +56,7 @@ def test_recipe_scores_every_method_on_the_same_held_out_tasks_and_pushes(hub, t
 
 def test_recipe_refuses_a_held_out_language_it_also_meta_trains_on(tmp_path, tiny_run):
     model_dir, data = tiny_run
-    with pytest.raises(Exception, match="zz"):
+    with pytest.raises(SplitLeakError, match="zz"):
         cli(["--model_name_or_path", str(model_dir), "--dataset_name", "json", "--data_files", str(data),
              "--test_languages", "zz", "--train_languages", "xx", "zz", "--output_dir", str(tmp_path / "o")])  # fmt: skip
 

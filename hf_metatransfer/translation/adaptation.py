@@ -70,7 +70,6 @@ class SupportFineTuning:
         """Train on ``task``'s support pairs; returns the loss of each step."""
         groups = layerwise_param_groups(model, self.lr, self.layerwise_lr_decay, weight_decay=self.weight_decay,
                                         include_frozen=False)  # fmt: skip
-        groups = [g for g in groups if g["params"]]
         if not groups:
             raise ValueError(
                 f"{type(model).__name__} has no trainable parameters to fine-tune on the support set."
