@@ -128,19 +128,29 @@ def subset_of(result: MetaTestResult, n: int) -> MetaTestResult:
     return MetaTestResult(f"{result.method} @subset", mean, half, result.seconds_per_episode, len(per), per)
 
 
+def paired_points(a: MetaTestResult, b: MetaTestResult) -> list[float]:
+    """Mean and 95% CI (points) of ``a - b`` episode by episode: both methods saw the same episodes."""
+    if len(a.per_episode) != len(b.per_episode):
+        raise ValueError(f"{a.method} and {b.method} were scored on different episodes.")
+    mean, half = confidence_interval([x - y for x, y in zip(a.per_episode, b.per_episode)])
+    return [round(100 * mean, 2), round(100 * half, 2)]
+
+
 def targets(rows: dict[str, MetaTestResult], meta_names: list[str]) -> dict:
-    """The issue's targets for the best meta-learned method (chosen on the full episodes)."""
+    """The issue's targets for the best meta-learned method (chosen on the full episodes), with paired CIs."""
     best = max(meta_names, key=lambda m: rows[m].accuracy)
     sub = rows.get(f"{best} @subset")
     out: dict = {"best_meta": best}
     if "nearest-centroid" in rows:
         out["margin_vs_nearest_centroid_pts"] = round(100 * (rows[best].accuracy - rows["nearest-centroid"].accuracy), 2)
+        out["paired_vs_nearest_centroid_pts"] = paired_points(rows[best], rows["nearest-centroid"])
         out["beats_nearest_centroid_by_3pts"] = out["margin_vs_nearest_centroid_pts"] >= 3.0
     for slow, key in (("setfit", "setfit"), ("fine-tuning", "fine_tuning"), ("lp-ft", "lp_ft")):
         if slow not in rows or sub is None:
             continue
         margin = round(100 * (sub.accuracy - rows[slow].accuracy), 2)
         out[f"margin_vs_{key}_pts"] = margin
+        out[f"paired_vs_{key}_pts"] = paired_points(sub, rows[slow])
         if slow == "setfit":
             out["beats_setfit_by_3pts"] = margin >= 3.0
             speedup = rows["setfit"].seconds_per_episode / max(rows[best].seconds_per_episode, 1e-9)
@@ -191,37 +201,43 @@ def main(args: argparse.Namespace) -> dict:
         return xl_tasks.sampler("test", args.n_way, args.k_shot, args.q_query, mode="cross-lingual", seed=seed,
                                 support_languages=support_langs, query_languages=args.test_langs)  # fmt: skip
 
-    episodes = {s: test_sampler(s, args.seed + 2).batch(range(args.episodes)) for s in SETTINGS}
-    for s in SETTINGS:
+    settings = args.settings
+    episodes = {s: test_sampler(s, args.seed + 2).batch(range(args.episodes)) for s in settings}
+    for s in settings:
         langs = sorted({e.query_lang for e in episodes[s]})
         logging.info("%s: %d episodes, query languages %s", s, len(episodes[s]), langs)
 
-    rows: dict[str, dict[str, MetaTestResult]] = {s: {} for s in SETTINGS}
-    meta_names, meta_train_seconds = [], {}
+    rows: dict[str, dict[str, MetaTestResult]] = {s: {} for s in settings}
+    meta_names: dict[str, list[str]] = {s: [] for s in settings}
+    meta_train_seconds = {}
+    # "matched": one meta-learner per setting, trained on episodes of the kind it is tested on.
+    plans = [(m, [m]) for m in settings] if args.train_mode == "matched" else [(args.train_mode, settings)]
     for algorithm in args.algorithms:
-        config = MetaTrainingConfig(
-            output_dir=tempfile.mkdtemp(prefix=f"meta_fewshot_{algorithm}_"), algorithm=algorithm,
-            max_steps=args.meta_steps, meta_batch_size=args.meta_batch_size, outer_lr=args.outer_lr,
-            eval_steps=0, save_steps=0, save_total_limit=1, logging_steps=10, seed=args.seed, disable_tqdm=True,
-        )  # fmt: skip
-        model = load_model()
-        train = tasks.sampler("train", args.n_way, args.k_shot, args.q_query, mode=args.train_mode, seed=args.seed)
-        start = time.perf_counter()
-        trainer = MetaTrainer(model, config, train, collate)
-        trainer.train()
-        meta_train_seconds[algorithm] = round(time.perf_counter() - start, 1)
-        name = f"{algorithm} (meta-learned)"
-        meta_names.append(name)
-        for s in SETTINGS:
-            rows[s][name] = meta_test(model, trainer.algorithm, episodes[s], collate, name=name)
-        del model, trainer
+        for mode, scored_on in plans:
+            config = MetaTrainingConfig(
+                output_dir=tempfile.mkdtemp(prefix=f"meta_fewshot_{algorithm}_"), algorithm=algorithm,
+                max_steps=args.meta_steps, meta_batch_size=args.meta_batch_size, outer_lr=args.outer_lr,
+                eval_steps=0, save_steps=0, save_total_limit=1, logging_steps=10, seed=args.seed,
+                disable_tqdm=not args.progress,
+            )  # fmt: skip
+            model = load_model()
+            train = tasks.sampler("train", args.n_way, args.k_shot, args.q_query, mode=mode, seed=args.seed)
+            start = time.perf_counter()
+            trainer = MetaTrainer(model, config, train, collate)
+            trainer.train()
+            name = f"{algorithm} (meta-learned, {mode} episodes)"
+            meta_train_seconds[name] = round(time.perf_counter() - start, 1)
+            for s in scored_on:
+                meta_names[s].append(name)
+                rows[s][name] = meta_test(model, trainer.algorithm, episodes[s], collate, name=name)
+            del model, trainer
 
     frozen = load_model()
     baselines = {"nearest-centroid": NearestCentroid(), "linear-probe": LinearProbe()}
     slow = {"fine-tuning": FineTune(steps=args.ft_steps, lp_ft=False), "lp-ft": FineTune(steps=args.ft_steps, lp_ft=True)}
     setfit = None if args.no_setfit else SetFitMethod(path, prefix, args.max_length, args.setfit_iterations,
                                                       args.setfit_epochs, 16, args.seed)  # fmt: skip
-    for s in SETTINGS:
+    for s in settings:
         for name, method in baselines.items():
             rows[s][name] = meta_test(frozen, method, episodes[s], collate, name=name)
         subset = episodes[s][: args.slow_episodes]
@@ -229,7 +245,7 @@ def main(args: argparse.Namespace) -> dict:
             rows[s][name] = meta_test(frozen, method, subset, collate, name=name)
         if setfit is not None:
             rows[s]["setfit"] = run_setfit(setfit, tasks.builder, subset)
-        for name in [*meta_names, *baselines]:
+        for name in [*meta_names[s], *baselines]:
             rows[s][f"{name} @subset"] = subset_of(rows[s][name], len(subset))
 
     results = {
@@ -240,7 +256,7 @@ def main(args: argparse.Namespace) -> dict:
         "cross_lingual_support": support_langs, "test_intents": class_split["test"],
         "meta_train_seconds": meta_train_seconds, "settings": {},
     }  # fmt: skip
-    for s in SETTINGS:
+    for s in settings:
         print(f"\n{args.n_way}-way {args.k_shot}-shot, held-out intents in held-out languages, {s} "
               f"({args.encoder}; @subset = first {args.slow_episodes} episodes)")  # fmt: skip
         print("| method | accuracy (%) +- 95% CI | adaptation s/episode | episodes |\n|---|---|---|---|")
@@ -249,10 +265,14 @@ def main(args: argparse.Namespace) -> dict:
             "results": {n: {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(r).items()
                             if k not in ("per_episode", "method")} for n, r in rows[s].items()},
             "query_languages": sorted({e.query_lang for e in episodes[s]}),
-            "targets": targets(rows[s], meta_names),
+            "targets": targets(rows[s], meta_names[s]),
         }  # fmt: skip
         print("targets:", json.dumps(results["settings"][s]["targets"]))
     results["wall_seconds"] = round(time.perf_counter() - wall, 1)
+    if args.per_episode_json:
+        per_episode = {s: {n: r.per_episode for n, r in rows[s].items()} for s in settings}
+        with open(args.per_episode_json, "w") as f:
+            json.dump({**results, "per_episode": per_episode}, f)
     print(json.dumps(results))
     return results
 
@@ -270,7 +290,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--episodes", type=int, default=200, help="Test episodes a setting (cheap methods).")
     p.add_argument("--slow-episodes", type=int, default=20, help="FT, LP-FT and SetFit: the first this many.")
     p.add_argument("--algorithms", nargs="+", default=["protonets"], help="Meta-learners, e.g. protonets anil.")
-    p.add_argument("--train-mode", default="monolingual", choices=("monolingual", "cross-lingual", "classes"))
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS,
+                   help="Test settings; one a process runs them in parallel (with --threads 1).")
+    p.add_argument("--train-mode", default="matched", choices=("matched", "monolingual", "cross-lingual", "classes"),
+                   help="Meta-training episodes; matched: one meta-learner a setting, on episodes of its kind.")
     p.add_argument("--meta-steps", type=int, default=60)
     p.add_argument("--meta-batch-size", type=int, default=4)
     p.add_argument("--outer-lr", type=float, default=2e-5)
@@ -279,6 +302,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--setfit-epochs", type=int, default=1)
     p.add_argument("--no-setfit", action="store_true")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default).")
+    p.add_argument("--per-episode-json", help="Also write the results with every episode's accuracy here.")
+    p.add_argument("--progress", action="store_true", help="A progress bar over meta-training steps.")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 

@@ -25,7 +25,7 @@ import datasets
 
 from hf_metatransfer.cli_args import parse_args
 from hf_metatransfer.episodes import episodes_from_dataset
-from hf_metatransfer.meta import MetaTrainingConfig, build_algorithm
+from hf_metatransfer.meta import MetaTrainingConfig, build_algorithm, load_algorithm_state
 from hf_metatransfer.recipes.finetune import EMBEDDED, ModelArguments
 from hf_metatransfer.recipes.meta_train import (
     EpisodeArguments,
@@ -71,6 +71,8 @@ def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingC
     model = setup.load_model(model_args, ep.n_way).eval()
     algorithm = build_algorithm(config.algorithm, **config.algorithm_kwargs())
     algorithm.setup(model)
+    if load_algorithm_state(algorithm, setup.name, revision=model_args.revision):
+        logger.info("Loaded the meta-learned state of %s (inner LRs or projection) from %s.", config.algorithm, setup.name)
     baseline_name, _, _ = resolve_model(test.baseline_model_name_or_path)
     out = Path(test.results_dir)
     out.mkdir(parents=True, exist_ok=True)

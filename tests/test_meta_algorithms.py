@@ -190,3 +190,26 @@ def test_fast_weight_selection():
     peft_model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", target_modules=["query", "value"], r=2))
     lora = fast_weight_names(peft_model, "lora")
     assert lora and all("lora_" in n or "modules_to_save" in n for n in lora)
+
+
+def test_protonets_projection_starts_as_no_projection_and_is_meta_learned():
+    model = tiny_bert()
+    support, query = task(8)
+    plain, projected = ProtoNets(), ProtoNets(projection_dim=16)  # 16 = the hidden size: an orthogonal start
+    plain.setup(model)
+    projected.setup(model)
+    assert torch.allclose(projected.predict(model, support, query), plain.predict(model, support, query), atol=1e-4)
+    grads = projected.task_gradient(model, support, query).grads
+    assert grads["meta.0"].shape == (16, 16) and grads["meta.0"].abs().sum() > 0
+    narrow = ProtoNets(projection_dim=4)
+    narrow.setup(model)
+    assert narrow.embed(model, narrow.weights(model), query).shape == (9, 4)
+    again = ProtoNets(projection_dim=4)
+    again.setup(model)  # the same start without touching the global RNG: processes agree
+    assert torch.equal(again.projection.weight, narrow.projection.weight)
+    with torch.no_grad():
+        narrow.projection.weight.add_(1.0)
+    again.load_state_dict(narrow.state_dict())
+    assert torch.equal(again.projection.weight, narrow.projection.weight)
+    with pytest.raises(ValueError, match="projection_dim=4"):
+        plain.load_state_dict(narrow.state_dict())

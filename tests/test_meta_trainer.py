@@ -9,7 +9,7 @@ import torch
 import transformers as T
 from safetensors.torch import load_file
 
-from hf_metatransfer.meta import MAML, MetaTrainer, MetaTrainingConfig
+from hf_metatransfer.meta import MAML, MetaTrainer, MetaTrainingConfig, ProtoNets, load_algorithm_state
 from tests.meta_fixtures import SineNet, SineTasks, tiny_bert, token_episodes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +49,24 @@ def test_resume_from_checkpoint_ends_with_identical_parameters(tmp_path):
     assert state.step == 6
     for (n, p), (_, q) in zip(full.named_parameters(), resumed.named_parameters()):
         assert torch.equal(p, q), n
+
+
+def test_protonets_projection_is_meta_learned_saved_and_loaded_beside_the_weights(tmp_path):
+    train, _, collate = token_episodes()
+    trainer = MetaTrainer(tiny_bert(), config(tmp_path, algorithm="protonets", projection_dim=8, max_steps=3),
+                          train, collate)  # fmt: skip
+    start = trainer.algorithm.projection.weight.detach().clone()
+    trainer.train()
+    learned = trainer.algorithm.projection.weight
+    assert not torch.equal(start, learned)
+    fresh = ProtoNets(projection_dim=8)
+    fresh.setup(tiny_bert())
+    assert load_algorithm_state(fresh, tmp_path)
+    assert torch.equal(fresh.projection.weight, learned)
+    (tmp_path / "plain").mkdir()
+    assert not load_algorithm_state(ProtoNets(), tmp_path / "plain")  # a model saved without algorithm state
+    with pytest.raises(ValueError, match="ProtoNets option"):
+        config(tmp_path, algorithm="fomaml", projection_dim=8)
 
 
 def test_second_order_switches_to_eager_attention(tmp_path):

@@ -297,3 +297,25 @@ def test_publish_recipe_writes_the_card_from_results_json_and_pushes(hub, tmp_pa
     tiny_bert().save_pretrained(empty)
     with pytest.raises(SystemExit, match="no README.md and no results.json"):
         publish_cli(["--folder", str(empty), "--repo_id", "tester/x", "--token", TOKEN])
+
+
+def test_meta_learned_algorithm_state_loads_from_a_pushed_repo(hub, tmp_path):
+    from safetensors.torch import save_file
+
+    from hf_metatransfer.meta import ProtoNets, load_algorithm_state
+    from hf_metatransfer.meta.trainer import ALGORITHM_STATE
+
+    learned = ProtoNets(projection_dim=4)
+    learned.setup(tiny_bert())
+    with torch.no_grad():
+        learned.projection.weight.add_(0.5)
+    folder = tmp_path / "meta"
+    saved_model(folder)
+    save_file({k: v.contiguous() for k, v in learned.state_dict().items()}, str(folder / ALGORITHM_STATE))
+    push_folder(folder, "tester/protonets-init", token=TOKEN, endpoint=hub.url)
+    fresh = ProtoNets(projection_dim=4)
+    fresh.setup(T.AutoModelForSequenceClassification.from_pretrained("tester/protonets-init"))
+    assert load_algorithm_state(fresh, "tester/protonets-init")
+    assert torch.equal(fresh.projection.weight, learned.projection.weight)
+    push_folder(tmp_path / "meta", "tester/plain", token=TOKEN, endpoint=hub.url, ignore_patterns=[ALGORITHM_STATE])
+    assert not load_algorithm_state(ProtoNets(), "tester/plain")

@@ -1,5 +1,6 @@
 """Meta-learning of text models: algorithms on torch.func, fast weights through the layer map."""
 
+from .adapted import adapted_model
 from .algorithms import (
     ALGORITHMS,
     ANIL,
@@ -15,7 +16,7 @@ from .algorithms import (
 from .config import MetaTrainingConfig
 from .evaluation import FineTune, LinearProbe, MetaTestResult, NearestCentroid, confidence_interval, meta_test
 from .fast_weights import FAST_WEIGHTS, fast_weight_names
-from .trainer import MetaTrainer, MetaTrainerState
+from .trainer import MetaTrainer, MetaTrainerState, load_algorithm_state
 
 __all__ = [
     "ALGORITHMS",
@@ -35,8 +36,10 @@ __all__ = [
     "ProtoNets",
     "Reptile",
     "TaskResult",
+    "adapted_model",
     "build_algorithm",
     "confidence_interval",
     "fast_weight_names",
+    "load_algorithm_state",
     "meta_test",
 ]

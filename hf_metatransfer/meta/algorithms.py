@@ -341,33 +341,80 @@ class ProtoNets(MetaAlgorithm):
     """Snell et al. 2017: class prototypes are the mean support embeddings; query logits are -squared distances.
 
     Embeddings are the mean-pooled last hidden states of the model's backbone; there is no inner loop, and the
-    head is unused.
+    head is unused. ``projection_dim`` > 0 adds a learned linear map of the embeddings, meta-learned with the
+    encoder and saved as the algorithm's state. It starts as a seeded orthogonal projection scaled to keep
+    expected distances, so at ``projection_dim`` = the hidden size it starts exactly as no projection.
     """
 
     name = "protonets"
 
     def __init__(self, inner_steps: int = 0, inner_lr: float = 0.0, fast_weights: str = "all", top_k: int = 1,
-                 loss: str = "cross_entropy"):  # fmt: skip
+                 loss: str = "cross_entropy", projection_dim: int = 0):  # fmt: skip
         if loss != "cross_entropy":
             raise ValueError("ProtoNets classifies: loss must be 'cross_entropy'.")
+        if projection_dim < 0:
+            raise ValueError(f"projection_dim={projection_dim}: use 0 (no projection) or the projected size.")
         super().__init__(0, 0.0, fast_weights, top_k)
+        self.projection_dim = projection_dim
+        self.projection: nn.Linear | None = None
 
     def setup(self, model: nn.Module) -> None:
         self.fast = []
+        if not self.projection_dim:
+            return
+        hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+        if hidden is None:
+            raise ValueError("A ProtoNets projection needs the embedding size: the model has no config.hidden_size.")
+        self.projection = nn.Linear(hidden, self.projection_dim)
+        with torch.no_grad():  # the same start in every process: a fixed generator, not the global RNG
+            square = torch.empty(max(hidden, self.projection_dim), max(hidden, self.projection_dim))
+            nn.init.orthogonal_(square, generator=torch.Generator().manual_seed(0))
+            scale = (hidden / self.projection_dim) ** 0.5 if self.projection_dim < hidden else 1.0
+            self.projection.weight.copy_(scale * square[: self.projection_dim, :hidden])
+            self.projection.bias.zero_()
+        param = next(model.parameters())
+        self.projection.to(device=param.device, dtype=param.dtype)
 
-    def embed(self, model: nn.Module, weights: Mapping[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+    def meta_parameters(self) -> list[nn.Parameter]:
+        return [] if self.projection is None else list(self.projection.parameters())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.projection is None:
+            return {}
+        return {f"projection.{n}": p.detach() for n, p in self.projection.named_parameters()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        if self.projection is None:
+            if any(k.startswith("projection.") for k in state):
+                raise ValueError("This ProtoNets state has a learned projection: build ProtoNets(projection_dim="
+                                 f"{state['projection.weight'].shape[0]}) and call setup(model) before loading it.")  # fmt: skip
+            return
+        with torch.no_grad():
+            for n, p in self.projection.named_parameters():
+                p.copy_(state[f"projection.{n}"])
+
+    @staticmethod
+    def pooled(model: nn.Module, weights: Mapping[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        """The masked mean of the last hidden states: the embedding before any projection."""
         out = functional_call(
             model, dict(weights), args=(), kwargs={**model_inputs(batch), "output_hidden_states": True}
         )
         return mean_pool(out.hidden_states[-1], batch["attention_mask"])
 
+    def embed(self, model: nn.Module, weights: Mapping[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        pooled = self.pooled(model, weights, batch)
+        return pooled if self.projection is None else self.projection(pooled)
+
+    def prototypes(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One row a class: the mean support embedding of classes ``0 .. max(labels)``."""
+        n_way = int(labels.max()) + 1
+        return torch.stack([embeddings[labels == c].mean(0) for c in range(n_way)])
+
     def query_logits(
         self, model: nn.Module, weights: Mapping[str, torch.Tensor], support: Batch, query: Batch
     ) -> torch.Tensor:
         s, q = self.embed(model, weights, support), self.embed(model, weights, query)
-        n_way = int(support["labels"].max()) + 1
-        prototypes = torch.stack([s[support["labels"] == c].mean(0) for c in range(n_way)])
-        return -torch.cdist(q, prototypes).pow(2)
+        return -torch.cdist(q, self.prototypes(s, support["labels"])).pow(2)
 
     def task_gradient(self, model: nn.Module, support: Batch, query: Batch) -> TaskResult:
         logits = self.query_logits(model, self.weights(model), support, query)
@@ -391,9 +438,7 @@ class ProtoNets(MetaAlgorithm):
         losses, logits = [], []
         for i, (support, query) in enumerate(tasks):
             s, q = embeddings[2 * i], embeddings[2 * i + 1]
-            n_way = int(support["labels"].max()) + 1
-            prototypes = torch.stack([s[support["labels"] == c].mean(0) for c in range(n_way)])
-            logits.append(-torch.cdist(q, prototypes).pow(2))
+            logits.append(-torch.cdist(q, self.prototypes(s, support["labels"])).pow(2))
             losses.append(F.cross_entropy(logits[-1], query["labels"]))
         loss = torch.stack(losses)
         if not torch.isfinite(loss).all():

@@ -32,6 +32,10 @@ class MetaTrainingConfig:
             "target tokens: translation with seq2seq or causal LMs)."
         },
     )
+    projection_dim: int = field(
+        default=0,
+        metadata={"help": "ProtoNets: size of a learned linear projection of the embeddings, meta-learned (0: none)."},
+    )
     meta_batch_size: int = field(
         default=4, metadata={"help": "Tasks a meta-step, over all processes together."}
     )
@@ -87,9 +91,15 @@ class MetaTrainingConfig:
             raise ValueError("outer_optimizer must be 'adamw' or 'sgd'.")
         if self.meta_batch_size < 1 or self.max_steps < 1:
             raise ValueError("meta_batch_size and max_steps must be >= 1.")
+        if self.projection_dim and self.algorithm != "protonets":
+            raise ValueError(f"projection_dim is a ProtoNets option; algorithm={self.algorithm!r} has no embeddings "
+                             "to project: drop projection_dim or use algorithm='protonets'.")  # fmt: skip
         if self.early_stopping_patience and not self.eval_steps:
             raise ValueError("early_stopping_patience needs eval_steps > 0 and validation episodes.")
 
     def algorithm_kwargs(self) -> dict:
-        return {"inner_steps": self.inner_steps, "inner_lr": self.inner_lr, "fast_weights": self.fast_weights,
-                "top_k": self.top_k, "loss": self.task_loss}  # fmt: skip
+        kwargs = {"inner_steps": self.inner_steps, "inner_lr": self.inner_lr, "fast_weights": self.fast_weights,
+                  "top_k": self.top_k, "loss": self.task_loss}  # fmt: skip
+        if self.projection_dim:
+            kwargs["projection_dim"] = self.projection_dim
+        return kwargs

@@ -277,6 +277,26 @@ class MetaTrainer:
         logger.info("Resumed from %s at step %d", folder, self.state.step)
 
 
+def load_algorithm_state(algorithm: MetaAlgorithm, source: str | Path, **hub_kwargs: Any) -> bool:
+    """Load what :meth:`MetaTrainer.save_model` wrote beside the weights (Meta-SGD's inner LRs, a ProtoNets
+    projection) from a local folder or a Hub repo into ``algorithm`` (after ``setup``); False if there is none."""
+    local = Path(source) / ALGORITHM_STATE
+    if Path(source).is_dir():
+        if not local.exists():
+            return False
+        path = str(local)
+    else:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        try:
+            path = hf_hub_download(str(source), ALGORITHM_STATE, **hub_kwargs)
+        except EntryNotFoundError:
+            return False
+    algorithm.load_state_dict(load_file(path))
+    return True
+
+
 def _eager_attention(model: nn.Module) -> None:
     """Second-order gradients need eager attention: CPU SDPA has no double backward (pitfalls)."""
     setter = getattr(model, "set_attn_implementation", None)
