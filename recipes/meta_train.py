@@ -99,6 +99,7 @@ def write_card(folder: Path, model_id: str, base_model: str | None, ep: EpisodeA
         q_query=ep.q_query, inner_steps=algorithm.inner_steps, inner_lr=algorithm.inner_lr,
         outer_lr=config.outer_lr, meta_batch_size=config.meta_batch_size, meta_steps=config.max_steps,
         first_order=config.algorithm in ("fomaml", "reptile"), fast_weights=algorithm.fast_weights,
+        projection_dim=config.projection_dim,
         train_languages=tasks.languages_of("train"), test_languages=tasks.languages_of("test"),
         train_classes=tasks.class_names("train"), test_classes=tasks.class_names("test"),
         episodes_repo=episodes_repo,

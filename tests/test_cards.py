@@ -284,3 +284,45 @@ def test_callback_keeps_the_card_in_output_dir_current(tmp_path):
     )
     assert (tmp_path / "out" / "learning_curve.png").is_file()
     assert ModelCard(text).data.eval_results[0].dataset_split == "validation"
+
+
+def test_protonets_card_snippet_embeds_with_the_learned_projection(hub, tmp_path):
+    """The card's code, run against the pushed repo, embeds exactly as the meta-learned ProtoNets does."""
+    from safetensors.torch import save_file
+
+    from hf_metatransfer.data import minilm_path
+    from hf_metatransfer.hub import push_folder
+    from hf_metatransfer.meta import ProtoNets
+    from hf_metatransfer.meta.trainer import ALGORITHM_STATE
+    from hf_metatransfer.pooling import MeanPoolBertForSequenceClassification
+    from tests.hub_server import TOKEN
+
+    tokenizer = T.AutoTokenizer.from_pretrained(minilm_path())
+    torch.manual_seed(0)
+    config = T.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=20, num_labels=3)  # fmt: skip
+    model = MeanPoolBertForSequenceClassification(config).eval()
+    algorithm = ProtoNets(projection_dim=4)
+    algorithm.setup(model)
+    with torch.no_grad():
+        algorithm.projection.weight.normal_()
+        algorithm.projection.bias.normal_()
+    folder = tmp_path / "protonets"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    save_file({k: v.contiguous() for k, v in algorithm.state_dict().items()}, str(folder / ALGORITHM_STATE))
+    data = MetaLearnedCardData(model_id="tester/protonets", algorithm="ProtoNets", n_way=3, k_shot=2,
+                               projection_dim=4, adapted=["lights"])  # fmt: skip
+    text = write_card(data, folder).read_text()
+    assert "learned linear projection to 4 dimensions" in text and "MeanPoolBertForSequenceClassification" in text
+    push_folder(folder, "tester/protonets", token=TOKEN, endpoint=hub.url)
+
+    texts = ["turn on the light", "lights on please", "what time is it", "tell me the time", "play music", "a song"]
+    queries = ["switch the lamp on", "current time?"]
+    scope = {"texts": texts, "label_ids": [0, 0, 1, 1, 2, 2]}
+    exec(code_blocks(text, "python")[0].replace('["a new sentence"]', str(queries)), scope)
+    batch = dict(tokenizer(queries, padding=True, return_tensors="pt"))
+    with torch.no_grad():
+        expected = algorithm.embed(model, algorithm.weights(model), batch)
+    assert scope["embed"](queries).shape == (2, 4)
+    assert torch.allclose(scope["embed"](queries), expected, atol=1e-5)

@@ -199,6 +199,7 @@ class MetaLearnedCardData(CardData):
     meta_steps: int = 0
     first_order: bool = False
     fast_weights: str = "all"  # what adapts in the inner loop: "all", "head", or a description
+    projection_dim: int = 0  # ProtoNets: the size of the learned projection of the embeddings (0: none)
     train_languages: list[str] = field(default_factory=list)
     test_languages: list[str] = field(default_factory=list)
     train_classes: list[str] = field(default_factory=list)
@@ -239,6 +240,7 @@ class MetaLearnedCardData(CardData):
                     "meta_steps",
                     "first_order",
                     "fast_weights",
+                    "projection_dim",
                     "train_languages",
                     "test_languages",
                     "train_classes",
