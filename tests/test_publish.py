@@ -299,7 +299,7 @@ def test_publish_recipe_writes_the_card_from_results_json_and_pushes(hub, tmp_pa
         publish_cli(["--folder", str(empty), "--repo_id", "tester/x", "--token", TOKEN])
 
 
-def test_meta_learned_algorithm_state_loads_from_a_pushed_repo(hub, tmp_path):
+def test_meta_learned_algorithm_state_loads_from_a_pushed_repo(hub, tmp_path, caplog):
     from safetensors.torch import save_file
 
     from hf_metatransfer.meta import ProtoNets, load_algorithm_state
@@ -319,3 +319,6 @@ def test_meta_learned_algorithm_state_loads_from_a_pushed_repo(hub, tmp_path):
     assert torch.equal(fresh.projection.weight, learned.projection.weight)
     push_folder(tmp_path / "meta", "tester/plain", token=TOKEN, endpoint=hub.url, ignore_patterns=[ALGORITHM_STATE])
     assert not load_algorithm_state(ProtoNets(), "tester/plain")
+    with caplog.at_level(logging.WARNING):  # offline and not cached: unknown, and said so
+        assert not load_algorithm_state(ProtoNets(), "tester/never-pushed", local_files_only=True)
+    assert "offline and not in the cache" in caplog.text

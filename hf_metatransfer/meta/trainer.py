@@ -287,11 +287,15 @@ def load_algorithm_state(algorithm: MetaAlgorithm, source: str | Path, **hub_kwa
         path = str(local)
     else:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
+        from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 
         try:
             path = hf_hub_download(str(source), ALGORITHM_STATE, **hub_kwargs)
-        except EntryNotFoundError:
+        except RemoteEntryNotFoundError:  # the repo has no algorithm state: nothing beyond the weights was learned
+            return False
+        except LocalEntryNotFoundError:  # offline and not cached: it may exist, so say so rather than guess
+            logger.warning("Could not check %s for %s (offline and not in the cache): the algorithm keeps its "
+                           "initial inner LRs / projection.", source, ALGORITHM_STATE)  # fmt: skip
             return False
     algorithm.load_state_dict(load_file(path))
     return True
