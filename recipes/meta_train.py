@@ -34,8 +34,10 @@ from hf_metatransfer.meta import (
     MetaTrainer,
     MetaTrainingConfig,
     NearestCentroid,
+    adapted_model,
     meta_test,
 )
+from hf_metatransfer.pooling import MeanPoolBertForSequenceClassification
 from hf_metatransfer.recipes.finetune import EMBEDDED, EMBEDDED_MULTILINGUAL, ModelArguments
 
 logger = logging.getLogger("hf_metatransfer.meta_train")
@@ -85,10 +87,17 @@ class EpisodeArguments:
 class PublishArguments:
     push_to_hub: str | None = field(default=None, metadata={"help": "Repo id to push the model, card and episodes to."})
     hub_private: bool | None = field(default=None, metadata={"help": "Create the Hub repos as private."})
+    adapted_episodes: int = field(
+        default=0,
+        metadata={"help": "Save the model adapted to each of the first this many test episodes under "
+                          "adapted/episode-<id> (a normal checkpoint labelled with the episode's intents), pushed "
+                          "with the model. ProtoNets needs a mean-pooled head (embedded-multilingual)."},
+    )  # fmt: skip
 
 
 def write_card(folder: Path, model_id: str, base_model: str | None, ep: EpisodeArguments,
-               config: MetaTrainingConfig, algorithm, tasks, rows, episodes_repo: str | None) -> None:  # fmt: skip
+               config: MetaTrainingConfig, algorithm, tasks, rows, episodes_repo: str | None,
+               adapted: list[str]) -> None:  # fmt: skip
     """The meta-learned model's card: method, N/K/Q, languages, class splits, results with CIs."""
     from hf_metatransfer.hub.cards import MetaLearnedCardData, Result, write_card
 
@@ -102,7 +111,7 @@ def write_card(folder: Path, model_id: str, base_model: str | None, ep: EpisodeA
         projection_dim=config.projection_dim,
         train_languages=tasks.languages_of("train"), test_languages=tasks.languages_of("test"),
         train_classes=tasks.class_names("train"), test_classes=tasks.class_names("test"),
-        episodes_repo=episodes_repo,
+        episodes_repo=episodes_repo, adapted=adapted,
         results=[Result.from_episodes("accuracy", r.per_episode, shots=ep.k_shot, setting=r.method) for r in rows],
         reproduce={**asdict(ep), **asdict(config)},
     )  # fmt: skip
@@ -117,7 +126,6 @@ def resolve_model(name: str) -> tuple[str, type, str]:
         return minilm_path(), AutoModelForSequenceClassification, ""
     if name == EMBEDDED_MULTILINGUAL:
         from hf_metatransfer.data import multilingual_e5_small_path
-        from hf_metatransfer.pooling import MeanPoolBertForSequenceClassification
 
         return multilingual_e5_small_path(), MeanPoolBertForSequenceClassification, "query: "
     return name, AutoModelForSequenceClassification, ""
@@ -185,6 +193,19 @@ def setup_episodes(model_args: ModelArguments, ep: EpisodeArguments, seed: int) 
                         model_class)  # fmt: skip
 
 
+def save_adapted(out: Path, model, algorithm, episodes: list, collate) -> list[str]:
+    """``adapted/episode-<id>``: the model adapted to each episode's support set, its labels the episode's intents."""
+    tasks = []
+    for episode in episodes:
+        tasks.append(f"episode-{episode.episode_id}")
+        adapted = adapted_model(model, algorithm, collate(episode)["support"])
+        if episode.class_names:
+            adapted.config.id2label = dict(enumerate(episode.class_names))
+            adapted.config.label2id = {name: i for i, name in enumerate(episode.class_names)}
+        adapted.save_pretrained(out / "adapted" / tasks[-1])
+    return tasks
+
+
 def score_against_baselines(model, algorithm, meta_name: str, pretrained, test_episodes: list, collate,
                             ep: EpisodeArguments, out: Path) -> list:  # fmt: skip
     """The model adapted by ``algorithm`` and each baseline on the same episodes (the slow ones on a subset);
@@ -211,8 +232,15 @@ def score_against_baselines(model, algorithm, meta_name: str, pretrained, test_e
 def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingConfig,
          publish: PublishArguments | None = None) -> dict:  # fmt: skip
     logging.basicConfig(level=logging.INFO)
+    publish = publish or PublishArguments()
     setup = setup_episodes(model_args, ep, config.seed)
     model = setup.load_model(model_args, ep.n_way)
+    if publish.adapted_episodes and config.algorithm == "protonets" and not isinstance(
+        model, MeanPoolBertForSequenceClassification
+    ):
+        raise ValueError(f"adapted_episodes with ProtoNets writes the prototypes into a head on the mean-pooled "
+                         f"states; {type(model).__name__} has another head: use model_name_or_path "
+                         f"{EMBEDDED_MULTILINGUAL!r} (MeanPoolBertForSequenceClassification) or adapted_episodes 0.")  # fmt: skip
     trainer = MetaTrainer(model, config, setup.sampler(ep, "train", config.seed), setup.collate,
                           eval_sampler=setup.sampler(ep, "validation", config.seed + 1))  # fmt: skip
     trainer.train()
@@ -226,12 +254,13 @@ def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingC
                                        out)  # fmt: skip
         results["meta_test"] = [asdict(r) for r in rows]
         (out / "results.json").write_text(json.dumps(results, indent=2))
-        publish = publish or PublishArguments()
+        adapted = save_adapted(out, model, trainer.algorithm, test_episodes[: publish.adapted_episodes],
+                               setup.collate)  # fmt: skip
         episodes_repo = f"{publish.push_to_hub}-episodes" if publish.push_to_hub else None
         setup.tokenizer.save_pretrained(out)
         base_model = hub_id(model_args.model_name_or_path)
         write_card(out, publish.push_to_hub or out.name, base_model, ep, config, trainer.algorithm, setup.tasks,
-                   rows, episodes_repo)  # fmt: skip
+                   rows, episodes_repo, adapted)  # fmt: skip
         if publish.push_to_hub:
             from hf_metatransfer.hub.publish import push_episodes, push_folder
 

@@ -2,9 +2,16 @@
 
 import json
 
+import pytest
+import torch
+import transformers as T
 from huggingface_hub import HfApi, ModelCard
 
-from hf_metatransfer.recipes.meta_train import cli
+from hf_metatransfer.meta import FOMAML
+from hf_metatransfer.recipes.finetune import ModelArguments
+from hf_metatransfer.recipes.meta_test import load_episodes
+
+from hf_metatransfer.recipes.meta_train import EpisodeArguments, cli, setup_episodes
 from tests.hub_server import TOKEN, hub_fixture  # noqa: F401 - the fixture 'hub'
 from tests.test_recipe_finetune import tiny_checkpoint  # noqa: F401 - the fixture
 
@@ -18,6 +25,7 @@ def test_meta_train_recipe_tests_baselines_writes_card_and_pushes(hub, tmp_path,
         "--meta_batch_size", "2", "--max_steps", "2", "--eval_steps", "1", "--eval_episodes", "2",
         "--save_steps", "0", "--test_episodes", "4", "--baselines", "nearest-centroid", "linear-probe",
         "--output_dir", str(out), "--disable_tqdm", "true", "--push_to_hub", "tester/meta-tiny",
+        "--adapted_episodes", "1",
     ])  # fmt: skip
     methods = [r["method"] for r in results["meta_test"]]
     assert methods == ["fomaml (meta-learned)", "nearest-centroid", "linear-probe"]
@@ -34,6 +42,27 @@ def test_meta_train_recipe_tests_baselines_writes_card_and_pushes(hub, tmp_path,
     episodes = set(HfApi(endpoint=hub.url, token=TOKEN).list_repo_files("tester/meta-tiny-episodes",
                                                                           repo_type="dataset"))  # fmt: skip
     assert any(f.endswith(".parquet") for f in episodes)
+    # the model adapted to test episode 0: pushed, labelled with its intents, predicting as the algorithm did
+    assert "adapted/episode-0/model.safetensors" in files and 'subfolder="adapted/episode-0"' in card.text
+    episode = load_episodes(str(out / "test_episodes"))[0]
+    adapted = T.AutoModelForSequenceClassification.from_pretrained("tester/meta-tiny", subfolder="adapted/episode-0")
+    assert list(adapted.config.id2label.values()) == list(episode.class_names)
+    setup = setup_episodes(ModelArguments(model_name_or_path=str(out)),
+                           EpisodeArguments(languages=["en"], cap_per_intent=20), seed=0)  # fmt: skip
+    batch = setup.collate(episode)
+    algorithm = FOMAML(inner_steps=1)
+    initialisation = T.AutoModelForSequenceClassification.from_pretrained(out)
+    algorithm.setup(initialisation)
+    with torch.no_grad():
+        got = adapted.eval()(**{k: v for k, v in batch["query"].items() if k != "labels"}).logits
+    assert torch.allclose(got, algorithm.predict(initialisation.eval(), batch["support"], batch["query"]), atol=1e-5)
+
+
+def test_adapted_protonets_models_need_a_mean_pooled_head_and_say_so_before_training(tmp_path, tiny_checkpoint):  # noqa: F811
+    with pytest.raises(ValueError, match="embedded-multilingual"):
+        cli(["--model_name_or_path", str(tiny_checkpoint), "--languages", "en", "--cap_per_intent", "20",
+             "--algorithm", "protonets", "--adapted_episodes", "2", "--output_dir", str(tmp_path / "run")])  # fmt: skip
+    assert not (tmp_path / "run").exists()  # refused before any training
 
 
 def test_quickstart_config_ships_in_the_package_and_parses():
