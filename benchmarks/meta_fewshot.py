@@ -28,10 +28,11 @@ Protocol (``home-assistant-intents``, slots filled, ``cap_per_intent`` sentences
   so English support leaks no test class; it is the practical "label in English, serve every language" setting.
 * Methods, all on the same episodes: ProtoNets meta-trained (``MetaTrainer``, ``--meta-steps`` steps; ANIL too
   with ``--algorithms protonets anil``; with ``--train-mode matched``, the default, one meta-learner a setting,
-  trained on meta-train episodes of that setting's kind, so no test score picks the training), nearest centroid and a linear probe on the frozen (not meta-trained)
-  encoder, fine-tuning and LP-FT (``FineTune``), and SetFit (contrastive body fine-tuning + logistic head, few
-  iterations). Fine-tuning, LP-FT and SetFit run on the first ``--slow-episodes`` episodes only; every other
-  method is scored on that subset too (the ``@subset`` rows), and targets that involve them use the subset.
+  trained on meta-train episodes of that setting's kind, so no test score picks the training), nearest centroid
+  and a linear probe on the frozen (not meta-trained) encoder, fine-tuning and LP-FT (``FineTune``), and SetFit
+  (contrastive body fine-tuning + logistic head, few iterations). Fine-tuning, LP-FT and SetFit run on the first
+  ``--slow-episodes`` episodes only; every other method is scored on that subset too (the ``@subset`` rows), and
+  targets that involve them use the subset.
 * Encoders are mean-pooled (e5 has no trained pooler): a BERT with the classifier on the masked mean of the last
   hidden states, so ProtoNets / nearest centroid / linear probe / fine-tuning / SetFit all use the same sentence
   embedding. e5 inputs get the ``"query: "`` prefix.
@@ -234,14 +235,15 @@ def main(args: argparse.Namespace) -> dict:
                 output_dir=tempfile.mkdtemp(prefix=f"meta_fewshot_{algorithm}_"), algorithm=algorithm,
                 max_steps=args.meta_steps, meta_batch_size=args.meta_batch_size, outer_lr=args.outer_lr,
                 eval_steps=0, save_steps=0, save_total_limit=1, logging_steps=10, seed=args.seed,
-                disable_tqdm=not args.progress,
+                disable_tqdm=not args.progress, projection_dim=args.projection_dim if algorithm == "protonets" else 0,
             )  # fmt: skip
             model = load_model()
             train = tasks.sampler("train", args.n_way, args.k_shot, args.q_query, mode=mode, seed=args.seed)
             start = time.perf_counter()
             trainer = MetaTrainer(model, config, train, collate)
             trainer.train()
-            name = f"{algorithm} (meta-learned, {mode} episodes)"
+            projected = f", {args.projection_dim}-d projection" if config.projection_dim else ""
+            name = f"{algorithm} (meta-learned, {mode} episodes{projected})"
             meta_train_seconds[name] = round(time.perf_counter() - start, 1)
             for s in scored_on:
                 meta_names[s].append(name)
@@ -312,6 +314,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--algorithms", nargs="+", default=["protonets"], help="Meta-learners, e.g. protonets anil.")
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS,
                    help="Test settings; one a process runs them in parallel (with --threads 1).")
+    p.add_argument("--projection-dim", type=int, default=0, help="ProtoNets: a learned projection of this size.")
     p.add_argument("--train-mode", default="matched", choices=("matched", "monolingual", "cross-lingual", "classes"),
                    help="Meta-training episodes; matched: one meta-learner a setting, on episodes of its kind.")
     p.add_argument("--meta-steps", type=int, default=60)
