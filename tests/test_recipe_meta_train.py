@@ -10,7 +10,6 @@ from huggingface_hub import HfApi, ModelCard
 from hf_metatransfer.meta import FOMAML
 from hf_metatransfer.recipes.finetune import ModelArguments
 from hf_metatransfer.recipes.meta_test import load_episodes
-
 from hf_metatransfer.recipes.meta_train import EpisodeArguments, cli, setup_episodes
 from tests.hub_server import TOKEN, hub_fixture  # noqa: F401 - the fixture 'hub'
 from tests.test_recipe_finetune import tiny_checkpoint  # noqa: F401 - the fixture
