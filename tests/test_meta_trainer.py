@@ -69,6 +69,20 @@ def test_protonets_projection_is_meta_learned_saved_and_loaded_beside_the_weight
         config(tmp_path, algorithm="fomaml", projection_dim=8)
 
 
+def test_resumed_protonets_run_ends_with_the_projection_of_an_uninterrupted_one(tmp_path):
+    train, _, collate = token_episodes()
+    kw = dict(algorithm="protonets", projection_dim=8, max_steps=4)
+    full = MetaTrainer(tiny_bert(), config(tmp_path / "a", **kw), train, collate)
+    full.train()
+    MetaTrainer(tiny_bert(), config(tmp_path / "b", **{**kw, "max_steps": 2}, save_steps=2), train, collate).train()
+    resumed = MetaTrainer(tiny_bert(seed=3), config(tmp_path / "b", **kw, resume_from_checkpoint="last"), train,
+                          collate)  # fmt: skip
+    resumed.train()
+    assert torch.equal(resumed.algorithm.projection.weight, full.algorithm.projection.weight)
+    for (n, p), (_, q) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
+        assert torch.equal(p, q), n
+
+
 def test_second_order_switches_to_eager_attention(tmp_path):
     train, _, collate = token_episodes()
     model = tiny_bert()
