@@ -102,19 +102,26 @@ def test_non_finite_tasks_are_skipped_and_counted(tmp_path):
     assert torch.isinf(model.classifier.weight).all()  # no NaN propagated into an update
 
 
-def test_two_processes_reach_the_parameters_of_one(tmp_path):
+@pytest.mark.parametrize("algorithm", ["maml", "protonets-projection"])
+def test_two_processes_reach_the_parameters_of_one(tmp_path, algorithm):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     worker = "tests/distributed/meta_worker.py"
     for out, cmd in (("one", [sys.executable, worker]),
                      ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                               worker])):  # fmt: skip
-        result = subprocess.run([*cmd, str(tmp_path / out), "maml"], cwd=ROOT, env=env, capture_output=True,
+        result = subprocess.run([*cmd, str(tmp_path / out), algorithm], cwd=ROOT, env=env, capture_output=True,
                                 text=True, timeout=600)  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
     a = load_file(tmp_path / "one" / "model.safetensors")
     b = load_file(tmp_path / "two" / "model.safetensors")
     init = tiny_bert().state_dict()
     assert any(not torch.equal(a[n], init[n]) for n in a)
+    if algorithm == "protonets-projection":  # the meta-learned projection is all-reduced like the weights
+        a.update({f"algorithm.{k}": v for k, v in load_file(tmp_path / "one" / "meta_algorithm.safetensors").items()})
+        b.update({f"algorithm.{k}": v for k, v in load_file(tmp_path / "two" / "meta_algorithm.safetensors").items()})
+        start = ProtoNets(projection_dim=8)
+        start.setup(tiny_bert())
+        assert not torch.allclose(a["algorithm.projection.weight"], start.projection.weight)  # it did move
     for n in a:
         assert torch.allclose(a[n], b[n], atol=1e-5, rtol=1e-4), (n, (a[n] - b[n]).abs().max())
 
