@@ -25,6 +25,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, PrinterCallback
 
 from ..finetune import FineTuningConfig, FineTuningTrainer
+from ..hub.plots import figure
 from ..pooling import MeanPoolBertForSequenceClassification
 from .common import markdown_table, mean_ci, paired
 
@@ -287,11 +288,9 @@ def lpft_shift_table(result: dict[str, Any]) -> str:
 
 def plot_lpft_shift(result: dict[str, Any], path: str | Path) -> bool:
     """Grouped bars: ID and OOD accuracy per method, 95% CI over seeds; False without matplotlib."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
+    fig = figure((5.5, 3.4))
+    if fig is None:
         return False
-    fig = Figure(figsize=(5.5, 3.4), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     width = 0.38
     for i, (key, label) in enumerate((("id", "in distribution"), ("ood", "out of distribution"))):

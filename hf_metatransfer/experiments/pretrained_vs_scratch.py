@@ -35,6 +35,7 @@ from transformers import (
 )
 
 from ..finetune import FineTuningConfig, FineTuningTrainer
+from ..hub.plots import figure
 from .common import markdown_table, mean_ci, paired, pct
 
 INITS = ("pretrained", "scratch", "self-pretrained")
@@ -299,11 +300,9 @@ def sizes_table(result: dict[str, Any]) -> str:
 
 def plot_sizes(result: dict[str, Any], path: str | Path) -> bool:
     """Test error against training rows (log x) for each initialisation, 95% CI bars; False without matplotlib."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
+    fig = figure((6, 3.6))
+    if fig is None:
         return False
-    fig = Figure(figsize=(6, 3.6), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     for init in dict.fromkeys(r["init"] for r in result["rows"]):
         rows = sorted((r for r in result["rows"] if r["init"] == init), key=lambda r: r["train_rows"])

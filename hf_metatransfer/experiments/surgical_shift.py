@@ -25,6 +25,7 @@ from torch import nn
 from transformers import PrinterCallback
 
 from ..finetune import FineTuningConfig, FineTuningTrainer
+from ..hub.plots import figure
 from ..layers import build_layer_map
 from .common import markdown_table, mean_ci, paired, pct
 
@@ -307,13 +308,11 @@ def surgical_table(result: dict[str, Any]) -> str:
 
 def plot_surgical(result: dict[str, Any], path: str | Path) -> bool:
     """Grouped bars: accuracy per shift for each tuning choice, 95% CI over seeds; False without matplotlib."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
+    fig = figure((7, 3.6))
+    if fig is None:
         return False
     choices = list(dict.fromkeys(r["choice"] for r in result["rows"]))
     by = {(r["shift"], r["choice"]): r for r in result["rows"]}
-    fig = Figure(figsize=(7, 3.6), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     width = 0.8 / len(choices)
     for i, choice in enumerate(choices):

@@ -16,13 +16,14 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
-def _figure() -> Any:
+def figure(figsize: tuple[float, float] = (6, 3.6)) -> Any:
+    """A matplotlib Figure (no pyplot state, safe in any thread), or None without matplotlib: plots are optional."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        logger.info("matplotlib is not installed: the model card has no plot (pip install matplotlib).")
+        logger.info("matplotlib is not installed: no plot is drawn (pip install matplotlib).")
         return None
-    return Figure(figsize=(6, 3.6), dpi=100, layout="constrained")
+    return Figure(figsize=figsize, dpi=100, layout="constrained")
 
 
 def learning_curve(log_history: Sequence[dict[str, Any]], path: str | Path) -> bool:
@@ -32,7 +33,7 @@ def learning_curve(log_history: Sequence[dict[str, Any]], path: str | Path) -> b
     acc = [(e["step"], e["eval_accuracy"]) for e in log_history if "eval_accuracy" in e and "step" in e]
     if len(train) + len(val) < 2:
         return False
-    fig = _figure()
+    fig = figure()
     if fig is None:
         return False
     ax = fig.add_subplot()
@@ -68,7 +69,7 @@ def accuracy_vs_shots(
         series[name].append((shots, mean, low, high))
     if not any(len({p[0] for p in pts}) >= 2 for pts in series.values()):
         return False
-    fig = _figure()
+    fig = figure()
     if fig is None:
         return False
     ax = fig.add_subplot()
@@ -91,7 +92,7 @@ def accuracy_vs_shots(
 def method_comparison(rows: Sequence[tuple[str, float, float]], path: str | Path, title: str = "") -> bool:
     """Horizontal bars of ``(method, mean accuracy, 95% CI half-width)``; False without matplotlib or rows."""
     rows = list(rows)
-    fig = _figure() if rows else None
+    fig = figure() if rows else None
     if fig is None:
         return False
     ax = fig.add_subplot()
