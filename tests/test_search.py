@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import gc
+import json
+import os
+import subprocess
+import sys
 import weakref
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -12,11 +17,14 @@ import torch
 import transformers as T
 
 from hf_metatransfer.finetune import FineTuningConfig
-from hf_metatransfer.finetune.search import SearchResult, cross_validated_search, kfold_indices
+from hf_metatransfer.finetune.search import SearchResult, _open_storage, cross_validated_search, kfold_indices
 
 T.logging.set_verbosity_error()
 
 N = 40
+ROOT = Path(__file__).resolve().parents[1]
+#: A cheap optuna space for the shared-study tests (two floats: every trial draws distinct values).
+SPACE = {"learning_rate": ("log", 1e-4, 1e-2), "layerwise_lr_decay": ("float", 0.5, 1.0)}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -30,6 +38,10 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def dataset() -> datasets.Dataset:
+    return toy_dataset()
+
+
+def toy_dataset() -> datasets.Dataset:
     """The label is a function of the first token (which BERT's pooler reads), so the task is learnable."""
     rng = np.random.default_rng(0)
     first = rng.integers(2, 64, N)
@@ -213,6 +225,9 @@ def test_missing_metric_names_the_available_ones(dataset):
         ({"learning_rate": [1e-3]}, {"label_column": "label"}, "not a column"),
         ({"learning_rate": [1e-3]}, {"method": "random"}, "use 'grid' or 'optuna'"),
         ({"layerwise_lr_decay": [1.0, 1.5]}, {}, "decay"),
+        ({"learning_rate": [1e-3]}, {"storage": "s.log", "study_name": "s"}, "use method='optuna'"),
+        ({"learning_rate": [1e-3]}, {"method": "optuna", "storage": "s.log"}, "go together"),
+        ({"learning_rate": [1e-3]}, {"method": "optuna", "study_name": "s"}, "go together"),
     ],
 )
 def test_errors_come_before_any_training(dataset, space, kwargs, match):
@@ -221,3 +236,85 @@ def test_errors_come_before_any_training(dataset, space, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cross_validated_search(init, _config(), balanced, space, **kwargs)
     assert init.calls == 0
+
+
+# -- shared optuna study ---------------------------------------------------------------------------------
+def _shared_search(init: ModelInit, storage: str, n_trials: int, **kwargs) -> SearchResult:
+    return cross_validated_search(
+        init, _config(max_steps=1), toy_dataset(), SPACE, k=2, method="optuna", n_trials=n_trials, seed=0,
+        storage=storage, study_name="cv", **kwargs,
+    )  # fmt: skip
+
+
+def test_two_workers_on_a_journal_file_finish_exactly_n_trials(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    journal = str(tmp_path / "study.log")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    outs = [tmp_path / f"worker-{i}.json" for i in range(2)]
+    logs = [out.with_suffix(".log") for out in outs]  # files, not pipes: a full pipe would block a worker
+    workers = []
+    for out, log in zip(outs, logs, strict=True):
+        cmd = [sys.executable, "tests/distributed/search_worker.py", journal, "5", str(out)]
+        with log.open("w") as f:
+            workers.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT))
+    for worker, log in zip(workers, logs, strict=True):
+        assert worker.wait(timeout=300) == 0, log.read_text()[-3000:]
+
+    study = optuna.load_study(study_name="cv", storage=_open_storage(optuna, journal))
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert sorted(t.number for t in finished) == list(range(5))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in finished)
+    # A worker that lost the race for the last slot leaves its trial WAITING, never run.
+    assert all(t.state == optuna.trial.TrialState.WAITING and t.number >= 5 for t in study.trials[5:])
+    a, b = (json.loads(out.read_text()) for out in outs)
+    assert a == b, "both workers report the whole study"
+    assert len(a["trials"]) == 5
+    assert len({json.dumps(params, sort_keys=True) for params in a["trials"]}) == 5, "seeded per trial number"
+
+
+def test_a_trial_past_n_trials_goes_back_unrun(tmp_path, monkeypatch):
+    """Another worker takes the last slot between this worker's check and its ask: nothing runs past n_trials."""
+    optuna = pytest.importorskip("optuna")
+    journal = str(tmp_path / "study.log")
+    ask = optuna.study.Study.ask
+
+    def ask_after_another_worker(study, *args, **kwargs):
+        monkeypatch.setattr(optuna.study.Study, "ask", ask)
+        other = optuna.load_study(study_name="cv", storage=_open_storage(optuna, journal))
+        trial = other.ask()
+        trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True)
+        for key, value in {"fold_scores": [0.5, 0.5], "mean": 0.5, "std": 0.0}.items():
+            trial.set_user_attr(key, value)
+        other.tell(trial, 0.5)
+        return ask(study, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.study.Study, "ask", ask_after_another_worker)
+    init = ModelInit()
+    result = _shared_search(init, journal, n_trials=1)
+    assert init.calls == 0 and len(result.trials) == 1 and result.best_score == 0.5
+    state = optuna.trial.TrialState
+    study = optuna.load_study(study_name="cv", storage=_open_storage(optuna, journal))
+    assert [t.state for t in study.trials] == [state.COMPLETE, state.WAITING]
+
+    grown = _shared_search(init, journal, n_trials=2)  # a larger search runs the waiting trial, nothing more
+    assert init.calls == 2 and len(grown.trials) == 2
+    study = optuna.load_study(study_name="cv", storage=_open_storage(optuna, journal))
+    assert [t.state for t in study.trials] == [state.COMPLETE, state.COMPLETE]
+
+
+def test_sqlite_storage_resumes_without_running_past_n_trials(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    init = ModelInit()
+    first = _shared_search(init, url, n_trials=2)
+    assert init.calls == 2 * 2 and len(first.trials) == 2
+
+    again = ModelInit()
+    resumed = _shared_search(again, url, n_trials=2)
+    assert again.calls == 0, "a finished study runs no new trial"
+    assert resumed.trials == first.trials and resumed.best_params == first.best_params
+    assert len(optuna.load_study(study_name="cv", storage=url).trials) == 2
+
+    with pytest.raises(ValueError, match="give this search its own study_name"):
+        _shared_search(again, url, n_trials=2, metric="accuracy")
+    assert again.calls == 0

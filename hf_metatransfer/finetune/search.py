@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 import gc
 import itertools
+import logging
 import math
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +29,8 @@ from transformers import PreTrainedModel, PrinterCallback, set_seed
 from .config import FineTuningConfig
 from .trainer import FineTuningTrainer
 
+logger = logging.getLogger(__name__)
+
 #: Settings of every inner (per fold) run: fold models are thrown away, so nothing is saved, pushed or reported,
 #: and the search's own progress bar replaces the trainer's.
 INNER_RUN_OVERRIDES: dict[str, Any] = {
@@ -37,6 +41,7 @@ INNER_RUN_OVERRIDES: dict[str, Any] = {
     "disable_tqdm": True,
 }
 RANGE_KINDS = ("log", "float", "int")
+_SCORE_KEYS = ("fold_scores", "mean", "std")
 _OPTUNA_PRIMITIVES = (type(None), bool, int, float, str)
 
 
@@ -116,6 +121,8 @@ def cross_validated_search(
     seed: int = 0,
     label_column: str = "labels",
     stratified: bool = True,
+    storage: str | None = None,
+    study_name: str | None = None,
 ) -> SearchResult:
     """Score candidate values of ``FineTuningConfig`` fields by k-fold cross-validation and return the best.
 
@@ -128,9 +135,25 @@ def cross_validated_search(
     ``evaluate()`` key, with or without the ``eval_`` prefix; ``greater_is_better`` defaults to False for
     losses and True otherwise, as in ``TrainingArguments``. Inner runs use :data:`INNER_RUN_OVERRIDES` in a
     temporary folder; retrain on all the data with ``result.best_config(config)``.
+
+    ``storage`` (optuna only) shares the search between processes or machines: a database URL
+    (``sqlite:///study.db``, ``postgresql://...``) or the path of a journal file (any string that is not a URL).
+    Every call with the same ``storage`` and ``study_name`` joins one study; together they finish exactly
+    ``n_trials`` trials (a finished study runs none), each call waits for the trials still running elsewhere and
+    returns the whole study's result, so every worker reports the same best configuration.
     """
     if method not in ("grid", "optuna"):
         raise ValueError(f"method={method!r}: use 'grid' or 'optuna'.")
+    if storage is not None and method != "optuna":
+        raise ValueError(
+            f"storage={storage!r} shares an optuna study between workers: use method='optuna' (a grid search "
+            "runs in one process)."
+        )
+    if (storage is None) != (study_name is None):
+        raise ValueError(
+            "storage=... and study_name=... go together: every worker that gives the same storage and study name "
+            "joins one study."
+        )
     if method == "optuna" and n_trials < 1:
         raise ValueError(f"n_trials={n_trials}: optuna search needs n_trials >= 1.")
     _check_space(space, method)
@@ -162,7 +185,7 @@ def cross_validated_search(
 
     with tempfile.TemporaryDirectory(prefix="cv_search_") as tmp, progress:
 
-        def score(params: dict[str, Any]) -> float:
+        def score(params: dict[str, Any]) -> dict[str, Any]:
             trial_dir = Path(tmp) / f"trial-{len(trials)}"
             fold_scores = [
                 _fit_and_score(
@@ -175,29 +198,36 @@ def cross_validated_search(
                 )
                 for i, (train_idx, held_out_idx) in enumerate(folds)
             ]
-            mean = float(np.mean(fold_scores))
-            trials.append(
-                {
-                    "params": params,
-                    "fold_scores": fold_scores,
-                    "mean": mean,
-                    "std": float(np.std(fold_scores)),
-                }
-            )
+            trial = {
+                "params": params,
+                "fold_scores": fold_scores,
+                "mean": float(np.mean(fold_scores)),
+                "std": float(np.std(fold_scores)),
+            }
+            trials.append(trial)
             progress.update()
             progress.set_postfix({metric: _best(trials, greater_is_better)["mean"]})
-            return mean
+            return trial
+
+        def objective(trial: Any) -> float:
+            scored = score(_suggest(trial, space))
+            for key in _SCORE_KEYS:  # in the study, so that every worker sees every trial's scores
+                trial.set_user_attr(key, scored[key])
+            return scored["mean"]
 
         if method == "grid":
             for params in grid:
                 score(params)
         else:
             optuna = _import_optuna()
-            study = optuna.create_study(
-                direction="maximize" if greater_is_better else "minimize",
-                sampler=optuna.samplers.TPESampler(seed=seed),
-            )
-            study.optimize(lambda trial: score(_suggest(trial, space)), n_trials=n_trials)
+            direction = "maximize" if greater_is_better else "minimize"
+            if storage is None:
+                sampler = optuna.samplers.TPESampler(seed=seed)
+                study = optuna.create_study(direction=direction, sampler=sampler)
+                study.optimize(objective, n_trials=n_trials)
+            else:
+                study = _optimize_shared(optuna, storage, study_name, direction, objective, n_trials, seed)
+            trials = _study_trials(study, space)
 
     best = _best(trials, greater_is_better)
     return SearchResult(
@@ -271,6 +301,105 @@ def _best(trials: list[dict[str, Any]], greater_is_better: bool) -> dict[str, An
     return max(trials, key=lambda t: -math.inf if math.isnan(t["mean"]) else sign * t["mean"])
 
 
+def _open_storage(optuna, storage: str):
+    """A database URL, else a journal file: one file that concurrent processes append to under a lock."""
+    if "://" in storage:
+        return optuna.storages.RDBStorage(storage)
+    try:
+        from optuna.storages.journal import JournalFileBackend
+    except ImportError:  # optuna < 4.0 names the file backend JournalFileStorage
+        from optuna.storages import JournalFileStorage as JournalFileBackend
+    return optuna.storages.JournalStorage(JournalFileBackend(storage))
+
+
+def _optimize_shared(
+    optuna,
+    storage: str,
+    study_name: str,
+    direction: str,
+    objective: Callable[[Any], float],
+    n_trials: int,
+    seed: int,
+):
+    """Join (or create) the study and run trials until it holds ``n_trials``, however many workers share it.
+
+    ``study.optimize(n_trials=...)`` counts one worker's trials and ``MaxTrialsCallback`` stops only after a
+    trial ends, so concurrent workers overshoot. Trial numbers are unique across workers instead: a trial
+    numbered ``n_trials`` or more lost the race for the last slot and goes back to WAITING unrun (a later search
+    with a larger ``n_trials`` runs it). Returns once no other worker is still running one of the trials.
+    """
+    state = optuna.trial.TrialState
+    backend = _open_storage(optuna, storage)
+    study = optuna.create_study(
+        storage=backend,
+        study_name=study_name,
+        direction=direction,
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        load_if_exists=True,
+    )
+    if study.direction.name.lower() != direction:
+        raise ValueError(
+            f"Study {study_name!r} in {storage} was created to {study.direction.name.lower()} its metric, this "
+            f"search would {direction} it (greater_is_better): give this search its own study_name."
+        )
+    study_id = backend.get_study_id_from_name(study_name)
+    while _has_free_slot(study, n_trials, state):
+        trial = study.ask()
+        if trial.number >= n_trials:
+            trial_id = backend.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            backend.set_trial_state_values(trial_id, state.WAITING)
+            break
+        # TPE draws at suggest time: a seed per trial number keeps workers from repeating each other's draws.
+        study.sampler = optuna.samplers.TPESampler(seed=seed + trial.number)
+        try:
+            value = objective(trial)
+        except BaseException:
+            study.tell(trial, state=state.FAIL)
+            raise
+        study.tell(trial, value)
+    waiting_for: list[int] = []
+    while running := [
+        t.number for t in study.get_trials(deepcopy=False, states=(state.RUNNING,)) if t.number < n_trials
+    ]:
+        if running != waiting_for:
+            logger.warning(
+                "Waiting for trial(s) %s of study %r, running in other workers. If a worker died, fail its trial: "
+                "optuna.load_study(study_name=..., storage=...).tell(number, state=TrialState.FAIL).",
+                running,
+                study_name,
+            )
+            waiting_for = running
+        time.sleep(1.0)
+    return study
+
+
+def _has_free_slot(study, n_trials: int, state) -> bool:
+    """Trials are numbered 0, 1, ... across workers: a slot is free below ``n_trials`` or in a WAITING trial."""
+    trials = study.get_trials(deepcopy=False)
+    return len(trials) < n_trials or any(t.state == state.WAITING and t.number < n_trials for t in trials)
+
+
+def _study_trials(study, space: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every scored trial of the study, whichever worker ran it (a NaN mean fails the optuna trial: kept)."""
+    return [
+        {"params": _decode(t.params, space), **{key: t.user_attrs[key] for key in _SCORE_KEYS}}
+        for t in study.get_trials(deepcopy=False)
+        if "mean" in t.user_attrs
+    ]
+
+
+def _decode(optuna_params: dict[str, Any], space: dict[str, Any]) -> dict[str, Any]:
+    """Config values from a trial's params: :func:`_suggest` stores non-primitive choices by their repr."""
+    return {
+        name: {repr(v): v for v in space[name]}[value] if _by_repr(space[name]) else value
+        for name, value in optuna_params.items()
+    }
+
+
+def _by_repr(values: Any) -> bool:
+    return not isinstance(values, tuple) and not all(isinstance(v, _OPTUNA_PRIMITIVES) for v in values)
+
+
 def _suggest(trial: Any, space: dict[str, Any]) -> dict[str, Any]:
     params = {}
     for name, values in space.items():
@@ -280,11 +409,11 @@ def _suggest(trial: Any, space: dict[str, Any]) -> dict[str, Any]:
                 params[name] = trial.suggest_int(name, low, high)
             else:
                 params[name] = trial.suggest_float(name, low, high, log=kind == "log")
-        elif all(isinstance(v, _OPTUNA_PRIMITIVES) for v in values):
-            params[name] = trial.suggest_categorical(name, values)
-        else:  # e.g. surgical_blocks lists: optuna stores primitives only, so it picks among their reprs
+        elif _by_repr(values):  # e.g. surgical_blocks lists: optuna stores primitives only, so picks a repr
             choices = {repr(v): v for v in values}
             params[name] = choices[trial.suggest_categorical(name, list(choices))]
+        else:
+            params[name] = trial.suggest_categorical(name, values)
     return params
 
 
