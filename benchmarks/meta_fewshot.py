@@ -233,7 +233,7 @@ def main(args: argparse.Namespace) -> dict:
         for mode, scored_on in plans:
             config = MetaTrainingConfig(
                 output_dir=tempfile.mkdtemp(prefix=f"meta_fewshot_{algorithm}_"), algorithm=algorithm,
-                max_steps=args.meta_steps, meta_batch_size=args.meta_batch_size, outer_lr=args.outer_lr,
+                max_steps=args.meta_steps, meta_batch_size=args.meta_batch_size, learning_rate=args.outer_lr,
                 eval_steps=0, save_steps=0, save_total_limit=1, logging_steps=10, seed=args.seed,
                 disable_tqdm=not args.progress, projection_dim=args.projection_dim if algorithm == "protonets" else 0,
             )  # fmt: skip

@@ -101,7 +101,7 @@ def throughput(algorithm: str, sampler, collate, args, out: str) -> dict:
         "batched_step_s": med[True],
         "looped_step_s": med[False],
         "step_times_s": {"batched": times[True], "looped": times[False]},
-        "vmap_fell_back": bool(getattr(trainer.algorithm, "_vmap_broken", False)),
+        "vmap_fell_back": trainer.algorithm.vmap_fallbacks > 0,
         "_trainer": trainer,
         "_next_step": step,
     }
@@ -149,7 +149,7 @@ def memory_child(kind: str, threads: int) -> dict:
     return {"peak_rss_mb": peak, "before_step_mb": before, "step_s": seconds, "fast_weights": len(trainer.algorithm.fast),
             "trainable_params": trainable, "loss": logs["loss"], "skipped": logs["skipped_tasks"],
             "batch_tasks": trainer.config.batch_tasks,
-            "vmap_fell_back": bool(getattr(trainer.algorithm, "_vmap_broken", False))}  # fmt: skip
+            "vmap_fell_back": trainer.algorithm.vmap_fallbacks > 0}  # fmt: skip
 
 
 def memory(args) -> dict:

@@ -61,7 +61,7 @@ def recipe_argv(args: argparse.Namespace) -> list[str]:
         "--adapt_lr", "1e-3", "--adapt_batch_size", "8", "--lora_r", "8", "--lora_alpha", "16",
         "--max_target_length", "48", "--algorithm", "fomaml", "--inner_steps", "1", "--inner_lr", "0.01",
         "--meta_batch_size", "2", "--meta_k_support", "8", "--meta_q_query", "8", "--max_steps", str(args.meta_steps),
-        "--outer_lr", "1e-3", "--batch_tasks", "false", "--eval_steps", "0", "--save_steps", "10",
+        "--learning_rate", "1e-3", "--batch_tasks", "false", "--eval_steps", "0", "--save_steps", "10",
         "--logging_steps", "5", "--output_dir", args.output_dir, "--seed", str(args.seed),
     ]  # fmt: skip
 

@@ -24,13 +24,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
+from transformers import set_seed
 
 from hf_metatransfer.cli_args import parse_args
 from hf_metatransfer.episodes import TranslationTask, TranslationTaskSampler, split_target_languages
 from hf_metatransfer.hub.cards import Result, hub_id
 from hf_metatransfer.meta import MetaTrainer, MetaTrainingConfig
 from hf_metatransfer.recipes.finetune import EMBEDDED
-from hf_metatransfer.recipes.meta_train import PublishArguments
 from hf_metatransfer.translation import (
     InContext,
     SupportFineTuning,
@@ -135,7 +135,7 @@ def held_out_tasks(data: datasets.Dataset, args: TranslationArguments, languages
     return by_k, sampler.texts
 
 
-def main(args: TranslationArguments, config: MetaTrainingConfig, publish: PublishArguments | None = None) -> dict:
+def main(args: TranslationArguments, config: MetaTrainingConfig) -> dict:
     logging.basicConfig(level=logging.INFO)
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
@@ -155,6 +155,9 @@ def main(args: TranslationArguments, config: MetaTrainingConfig, publish: Publis
     logger.info("Meta-training target languages: %d; held out: %s", len(splits["train"]), ", ".join(held_out))
     by_k, texts = held_out_tasks(data, args, splits["test"], seed=config.seed + 2)
 
+    # Each random stage (weights missing from the checkpoint, the LoRA matrices, meta-training) starts from a
+    # seed reset: two runs with one seed are identical, and no stage depends on which methods ran before it.
+    set_seed(config.seed)
     model, tokenizer = load_model(args, path)
     batcher = TranslationBatcher.for_model(model, tokenizer, texts=texts, max_length=args.max_length,
                                            max_target_length=args.max_target_length)  # fmt: skip
@@ -183,6 +186,7 @@ def main(args: TranslationArguments, config: MetaTrainingConfig, publish: Publis
         score("full", model, SupportFineTuning(lr=args.full_lr, name="full", **adapt))
     meta_seconds, trainer = None, None
     if "lora" in args.methods or "meta-lora" in args.methods:
+        set_seed(config.seed)
         model = add_lora(model, r=args.lora_r, alpha=args.lora_alpha)
         lora = SupportFineTuning(lr=args.adapt_lr, name="lora", **adapt)
         if "lora" in args.methods:
@@ -193,6 +197,7 @@ def main(args: TranslationArguments, config: MetaTrainingConfig, publish: Publis
                 pairs=[(args.source_lang, lang) for lang in splits["train"]],
             )  # fmt: skip
             start = time.perf_counter()
+            set_seed(config.seed)
             trainer = MetaTrainer(model, config, train_sampler, batcher)
             trainer.train()
             meta_seconds = time.perf_counter() - start
@@ -209,13 +214,10 @@ def main(args: TranslationArguments, config: MetaTrainingConfig, publish: Publis
         print(f"Plot: {plot}")
     if "meta-lora" in args.methods:
         tokenizer.save_pretrained(out)
-        publish = publish or PublishArguments()
-        write_translation_card(out, publish.push_to_hub or out.name, args, trainer, batcher, splits, results)
-        if publish.push_to_hub:
-            from hf_metatransfer.hub.publish import push_folder
-
-            push_folder(out, publish.push_to_hub, private=publish.hub_private,
-                        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "best/**"])  # fmt: skip
+        repo_id = trainer.hub_model_id if config.push_to_hub else out.name
+        write_translation_card(out, repo_id, args, trainer, batcher, splits, results)
+        if config.push_to_hub:
+            trainer.push_to_hub()
     return summary
 
 
@@ -271,7 +273,7 @@ def write_translation_card(out: Path, model_id: str, args, trainer: MetaTrainer,
         dataset_name="Django's UI strings (the django package)" if args.dataset_name == "django" else None,
         algorithm=config.algorithm, source_language=args.source_lang, train_languages=list(splits["train"]),
         test_languages=list(splits["test"]), k_shots=sorted(args.k_shots), q_query=args.meta_q_query,
-        inner_steps=algorithm.inner_steps, inner_lr=algorithm.inner_lr, outer_lr=config.outer_lr,
+        inner_steps=algorithm.inner_steps, inner_lr=algorithm.inner_lr, outer_lr=config.learning_rate,
         meta_batch_size=config.meta_batch_size, meta_steps=config.max_steps, lora_r=args.lora_r,
         lora_alpha=args.lora_alpha, adaptation_steps=args.adapt_steps, adaptation_lr=args.adapt_lr,
         is_encoder_decoder=batcher.is_encoder_decoder, prompt_example=prompt, results=card_results(results),
@@ -282,7 +284,7 @@ def write_translation_card(out: Path, model_id: str, args, trainer: MetaTrainer,
 
 def cli(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return main(*parse_args((TranslationArguments, MetaTrainingConfig, PublishArguments), argv))
+    return main(*parse_args((TranslationArguments, MetaTrainingConfig), argv))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
 
 from hf_metatransfer.cli_args import parse_args
 from hf_metatransfer.finetune import FineTuningConfig, FineTuningTrainer
@@ -137,6 +137,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: FineTunin
     label_feature = splits["train"].features[data_args.label_column]
     tokenizer = AutoTokenizer.from_pretrained(name, revision=model_args.revision,
                                               trust_remote_code=model_args.trust_remote_code)
+    set_seed(config.seed)  # the new classification head is random: build it seeded, or two runs differ
     model = AutoModelForSequenceClassification.from_pretrained(
         name,
         revision=model_args.revision,

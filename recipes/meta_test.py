@@ -29,7 +29,6 @@ from hf_metatransfer.meta import MetaTrainingConfig, build_algorithm, load_algor
 from hf_metatransfer.recipes.finetune import EMBEDDED, ModelArguments
 from hf_metatransfer.recipes.meta_train import (
     EpisodeArguments,
-    PublishArguments,
     resolve_model,
     score_against_baselines,
     setup_episodes,
@@ -68,7 +67,7 @@ def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingC
                              "data options (languages, cap_per_intent, slots, seed) of the run that saved them.")  # fmt: skip
     else:
         episodes = setup.sampler(ep, "test", config.seed + 2).batch(range(ep.test_episodes))
-    model = setup.load_model(model_args, ep.n_way).eval()
+    model = setup.load_model(model_args, ep.n_way, config.seed).eval()
     algorithm = build_algorithm(config.algorithm, **config.algorithm_kwargs())
     algorithm.setup(model)
     if load_algorithm_state(algorithm, setup.name, revision=model_args.revision):
@@ -77,7 +76,7 @@ def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingC
     out = Path(test.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = score_against_baselines(model, algorithm, f"{config.algorithm} ({model_args.model_name_or_path})",
-                                   setup.load_model(model_args, ep.n_way, name=baseline_name), episodes,
+                                   setup.load_model(model_args, ep.n_way, config.seed, name=baseline_name), episodes,
                                    setup.collate, ep, out)  # fmt: skip
     results = {"episodes": asdict(ep), "algorithm": config.algorithm_kwargs() | {"algorithm": config.algorithm},
                "source": test.episodes, "meta_test": [asdict(r) for r in rows]}  # fmt: skip
@@ -87,9 +86,9 @@ def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingC
 
 def cli(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    model, ep, config, test, _ = parse_args(
-        (ModelArguments, EpisodeArguments, MetaTrainingConfig, MetaTestArguments, PublishArguments), argv
-    )  # PublishArguments: so a meta-train YAML (which may name push_to_hub) parses; nothing is pushed here
+    model, ep, config, test = parse_args(
+        (ModelArguments, EpisodeArguments, MetaTrainingConfig, MetaTestArguments), argv
+    )  # MetaTrainingConfig: so a meta-train YAML parses (its push_to_hub is ignored: nothing is pushed here)
     return main(model, ep, config, test)
 
 

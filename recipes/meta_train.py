@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
 from hf_metatransfer.cli_args import parse_args
 from hf_metatransfer.episodes import EpisodeCollator, TokenStore, episodes_to_dataset, tokenize_dataset
@@ -81,12 +81,6 @@ class EpisodeArguments:
     baselines: list[str] = field(
         default_factory=lambda: list(BASELINES), metadata={"help": f"Non-meta baselines, of {list(BASELINES)}."}
     )
-
-
-@dataclass
-class PublishArguments:
-    push_to_hub: str | None = field(default=None, metadata={"help": "Repo id to push the model, card and episodes to."})
-    hub_private: bool | None = field(default=None, metadata={"help": "Create the Hub repos as private."})
     adapted_episodes: int = field(
         default=0,
         metadata={"help": "Save the model adapted to each of the first this many test episodes under "
@@ -106,7 +100,7 @@ def write_card(folder: Path, model_id: str, base_model: str | None, ep: EpisodeA
         language=tasks.languages_of("train") + tasks.languages_of("test"), algorithm=config.algorithm,
         n_way=ep.n_way, k_shot=ep.k_shot,
         q_query=ep.q_query, inner_steps=algorithm.inner_steps, inner_lr=algorithm.inner_lr,
-        outer_lr=config.outer_lr, meta_batch_size=config.meta_batch_size, meta_steps=config.max_steps,
+        outer_lr=config.learning_rate, meta_batch_size=config.meta_batch_size, meta_steps=config.max_steps,
         first_order=config.algorithm in ("fomaml", "reptile"), fast_weights=algorithm.fast_weights,
         projection_dim=config.projection_dim,
         train_languages=tasks.languages_of("train"), test_languages=tasks.languages_of("test"),
@@ -170,7 +164,9 @@ class EpisodeSetup:
         return self.tasks.sampler(split, ep.n_way, ep.k_shot, ep.q_query, mode=ep.mode, seed=seed,
                                   support_languages=ep.support_languages, query_languages=ep.query_languages)  # fmt: skip
 
-    def load_model(self, model_args: ModelArguments, n_way: int, name: str | None = None):
+    def load_model(self, model_args: ModelArguments, n_way: int, seed: int, name: str | None = None):
+        """Seeded first: a head the checkpoint lacks starts the same in every run (and for every method)."""
+        set_seed(seed)
         return self.model_class.from_pretrained(
             name or self.name, revision=model_args.revision, trust_remote_code=model_args.trust_remote_code,
             use_safetensors=True, num_labels=n_way,
@@ -229,13 +225,11 @@ def score_against_baselines(model, algorithm, meta_name: str, pretrained, test_e
     return rows
 
 
-def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingConfig,
-         publish: PublishArguments | None = None) -> dict:  # fmt: skip
+def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingConfig) -> dict:
     logging.basicConfig(level=logging.INFO)
-    publish = publish or PublishArguments()
     setup = setup_episodes(model_args, ep, config.seed)
-    model = setup.load_model(model_args, ep.n_way)
-    if publish.adapted_episodes and config.algorithm == "protonets" and not isinstance(
+    model = setup.load_model(model_args, ep.n_way, config.seed)
+    if ep.adapted_episodes and config.algorithm == "protonets" and not isinstance(
         model, MeanPoolBertForSequenceClassification
     ):
         raise ValueError(f"adapted_episodes with ProtoNets writes the prototypes into a head on the mean-pooled "
@@ -250,29 +244,28 @@ def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingC
         out = Path(config.output_dir)
         episodes_to_dataset(test_episodes).save_to_disk(out / "test_episodes")
         rows = score_against_baselines(model, trainer.algorithm, f"{config.algorithm} (meta-learned)",
-                                       setup.load_model(model_args, ep.n_way), test_episodes, setup.collate, ep,
+                                       setup.load_model(model_args, ep.n_way, config.seed), test_episodes, setup.collate, ep,
                                        out)  # fmt: skip
         results["meta_test"] = [asdict(r) for r in rows]
         (out / "results.json").write_text(json.dumps(results, indent=2))
-        adapted = save_adapted(out, model, trainer.algorithm, test_episodes[: publish.adapted_episodes],
+        adapted = save_adapted(out, model, trainer.algorithm, test_episodes[: ep.adapted_episodes],
                                setup.collate)  # fmt: skip
-        episodes_repo = f"{publish.push_to_hub}-episodes" if publish.push_to_hub else None
+        episodes_repo = f"{trainer.hub_model_id}-episodes" if config.push_to_hub else None
         setup.tokenizer.save_pretrained(out)
         base_model = hub_id(model_args.model_name_or_path)
-        write_card(out, publish.push_to_hub or out.name, base_model, ep, config, trainer.algorithm, setup.tasks,
-                   rows, episodes_repo, adapted)  # fmt: skip
-        if publish.push_to_hub:
-            from hf_metatransfer.hub.publish import push_episodes, push_folder
+        write_card(out, trainer.hub_model_id if config.push_to_hub else out.name, base_model, ep, config,
+                   trainer.algorithm, setup.tasks, rows, episodes_repo, adapted)  # fmt: skip
+        if config.push_to_hub:
+            from hf_metatransfer.hub.publish import push_episodes
 
-            push_folder(out, publish.push_to_hub, private=publish.hub_private,
-                        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "best/**", "test_episodes/**"])
-            push_episodes(episodes_to_dataset(test_episodes), episodes_repo, private=publish.hub_private)
+            trainer.push_to_hub(ignore_patterns=("test_episodes/**",))
+            push_episodes(episodes_to_dataset(test_episodes), episodes_repo, private=config.hub_private_repo)
     return results
 
 
 def cli(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return main(*parse_args((ModelArguments, EpisodeArguments, MetaTrainingConfig, PublishArguments), argv))
+    return main(*parse_args((ModelArguments, EpisodeArguments, MetaTrainingConfig), argv))
 
 
 if __name__ == "__main__":

@@ -25,3 +25,12 @@ def arch(request) -> str:
 @pytest.fixture
 def tiny(arch):
     return tiny_model(arch)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state (mixed precision included): each test starts from none."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)

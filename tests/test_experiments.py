@@ -74,6 +74,33 @@ def test_tiny_k_scores_every_method_on_the_same_episodes_for_every_k(tmp_path):
     assert plot_tiny_k(result, plot) and plot.read_bytes()[:8] == PNG
 
 
+def test_tiny_k_builds_its_models_seeded(tmp_path):
+    """Both classifiers get their fresh heads after a seed reset: a run repeats bit for bit, another seed differs."""
+    import transformers as T
+
+    tiny_bert().bert.save_pretrained(tmp_path / "body")
+    _, _, collate = token_episodes()
+    builder = EpisodeBuilder(token_classes(), label_column="label", text_column=None)
+    tasks = tasks_from_builder(builder, class_split={"train": list(range(6)), "test": [6, 7, 8, 9]},
+                               split_names=("train", "test"))  # fmt: skip
+    args = TinyKArguments(shots=[1], n_way=3, q_query=2, test_episodes=1, slow_episodes=1, meta_steps=1,
+                          meta_batch_size=1, methods=[METHODS[0], "nearest-centroid"])  # fmt: skip
+
+    def run(seed: int) -> list[dict]:
+        built = []
+
+        def model_init(n: int):  # like the lecture's: a pre-trained body and a new, random head
+            built.append(T.BertForSequenceClassification.from_pretrained(tmp_path / "body", num_labels=n))
+            return built[-1]
+
+        run_tiny_k(model_init, tasks, collate, args, seed=seed)
+        return [m.state_dict() for m in built]  # the meta-trained model, then the baselines' one
+
+    first, second, other = run(0), run(0), run(1)
+    for a, b in zip(first, second, strict=True):
+        assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    assert not torch.equal(first[1]["classifier.weight"], other[1]["classifier.weight"])
+
 def test_tiny_k_arguments_name_the_problem():
     with pytest.raises(ValueError, match="Unknown methods"):
         TinyKArguments(methods=["maml"])

@@ -177,6 +177,36 @@ def test_non_finite_task_is_skipped_not_propagated():
     assert result.grads is None
 
 
+def test_fp16_autocast_with_a_loss_scale_keeps_small_gradients_and_an_overflow_is_skipped():
+    model = tiny_bert()
+    support, query = task(2)
+    algo = FOMAML(inner_steps=2, inner_lr=0.3)
+    algo.setup(model)
+    reference = algo.task_gradient(model, support, query).grads  # fp32
+    before = {n: p.clone() for n, p in model.named_parameters()}
+
+    def fp16(scale, batched=False):
+        algo.loss_scale = scale
+        with torch.autocast("cpu", dtype=torch.float16):
+            if batched:
+                return algo.batch_task_gradient(model, [(support, query), task(3)])
+            return algo.task_gradient(model, support, query)
+
+    def underflowed(grads):
+        return sum(int(((grads[n] == 0) & (g != 0)).sum()) for n, g in reference.items())
+
+    unscaled, scaled = fp16(1.0).grads, fp16(1024.0).grads
+    for n, g in reference.items():
+        assert torch.isfinite(scaled[n]).all() and (scaled[n] - g).norm() <= 0.05 * g.norm() + 1e-8, n
+    # this model's attention gradients are ~1e-7: fp16 flushes hundreds of their elements to 0 unless scaled
+    assert underflowed(scaled) < underflowed(unscaled) / 10
+    assert fp16(1e30).grads is None  # inf in the fp16 backward: the task is skipped
+    overflow = fp16(1e30, batched=True)
+    assert overflow.grads is None and overflow.skipped == 2 and algo.vmap_fallbacks == 0
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n
+
+
 def test_fast_weight_selection():
     model = tiny_bert()
     assert fast_weight_names(model, "head") == ["classifier.weight", "classifier.bias"]

@@ -1,5 +1,7 @@
 """Batched tasks (MetaAlgorithm.batch_task_gradient) give the looped per-task gradients; MetaTrainer agrees."""
 
+import logging
+
 import pytest
 import torch
 
@@ -60,7 +62,7 @@ def test_batched_gradient_equals_the_looped_mean_over_tasks_of_different_lengths
     algo.setup(model)
     expected, loss, accuracy, skipped = looped_mean(algo, model, tasks)
     result = no_loop(algo).batch_task_gradient(model, tasks)
-    assert result.skipped == skipped == 0 and not algo._vmap_broken
+    assert result.skipped == skipped == 0 and algo.vmap_fallbacks == 0
     assert set(result.grads) == set(expected)
     for n, g in expected.items():
         assert torch.allclose(result.grads[n], g, atol=1e-6, rtol=1e-4), (n, (result.grads[n] - g).abs().max())
@@ -88,6 +90,74 @@ def test_algorithms_without_a_fast_path_loop():
     result = algo.batch_task_gradient(model, tasks)
     for n, g in expected.items():
         assert torch.allclose(result.grads[n], g, atol=1e-6), n
+
+
+def test_a_vmap_failure_falls_back_for_that_call_only_and_is_logged_once(caplog):
+    model = tiny_bert()
+    tasks = [task(i, length=4 + i) for i in range(3)]
+    algo = FOMAML(inner_steps=2, inner_lr=0.3)
+    algo.setup(model)
+    expected, *_ = looped_mean(algo, model, tasks)
+    vmapped, calls = algo._vmap_task_gradients, []
+
+    def fail_every_other_call(*args):
+        calls.append(args)
+        if len(calls) % 2:
+            raise RuntimeError("injected vmap failure")
+        return vmapped(*args)
+
+    algo._vmap_task_gradients = fail_every_other_call
+    with caplog.at_level(logging.WARNING, logger="hf_metatransfer.meta.algorithms"):
+        results = [algo.batch_task_gradient(model, tasks) for _ in range(3)]
+    assert len(calls) == 3 and algo.vmap_fallbacks == 2  # calls 1 and 3 looped, call 2 ran vmap again
+    assert len(caplog.records) == 1  # the same error is warned about once, then logged at debug level
+    assert "injected vmap failure" in caplog.text and "one task at a time" in caplog.text
+    for result in results:
+        for n, g in expected.items():
+            assert torch.allclose(result.grads[n], g, atol=1e-6, rtol=1e-4), n
+
+
+@pytest.mark.parametrize(
+    "error",
+    [torch.OutOfMemoryError("injected"), RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")],
+    ids=["OutOfMemoryError", "RuntimeError"],
+)
+def test_out_of_memory_under_vmap_is_raised_not_swallowed(error):
+    model = tiny_bert()
+    algo = FOMAML(inner_steps=1, inner_lr=0.3)
+    algo.setup(model)
+
+    def out_of_memory(*args):
+        raise error
+
+    algo._vmap_task_gradients = out_of_memory
+    with pytest.raises(type(error), match=str(error)[:12]):
+        no_loop(algo).batch_task_gradient(model, [task(0), task(1)])
+    assert algo.vmap_fallbacks == 0
+
+
+SCALED = {**ALGOS, "reptile": lambda: Reptile(inner_steps=2, inner_lr=0.1)}
+
+
+@pytest.mark.parametrize("name", list(SCALED))
+def test_a_loss_scale_leaves_gradients_and_losses_unchanged(name):
+    model = tiny_bert()
+    tasks = [task(i, length=4 + i) for i in range(3)]
+    algo = SCALED[name]()
+    algo.setup(model)
+    looped, batched = {}, {}
+    for scale in (1.0, 1024.0):
+        algo.loss_scale = scale
+        looped[scale] = algo.task_gradient(model, *tasks[0])
+    for scale in (1.0, 1024.0):  # the vmap path (ProtoNets: one embedding pass); Reptile always loops
+        algo.loss_scale = scale
+        batched[scale] = (algo if name == "reptile" else no_loop(algo)).batch_task_gradient(model, tasks)
+    assert algo.vmap_fallbacks == 0
+    for results in (looped, batched):
+        plain, scaled = results[1.0], results[1024.0]
+        assert scaled.loss == pytest.approx(plain.loss, rel=1e-6) and scaled.accuracy == plain.accuracy
+        for n, g in plain.grads.items():
+            assert torch.allclose(scaled.grads[n], g, atol=1e-7, rtol=1e-5), n
 
 
 @pytest.mark.parametrize("name", ["protonets", "fomaml", "maml"])
@@ -126,11 +196,11 @@ def test_trainer_with_and_without_batched_tasks_reaches_the_same_parameters(tmp_
     for batch_tasks in (True, False):
         model = fixture_bert()
         config = MetaTrainingConfig(output_dir=str(tmp_path / str(batch_tasks)), algorithm=algorithm, inner_steps=2,
-                                    inner_lr=0.3, meta_batch_size=4, max_steps=3, outer_optimizer="sgd", outer_lr=0.5,
+                                    inner_lr=0.3, meta_batch_size=4, max_steps=3, optim="sgd", learning_rate=0.5,
                                     eval_steps=0, save_steps=0, disable_tqdm=True, batch_tasks=batch_tasks)  # fmt: skip
         trainer = MetaTrainer(model, config, train, collate)
         state = trainer.train()
-        assert state.skipped_tasks == 0 and not trainer.algorithm._vmap_broken
+        assert state.skipped_tasks == 0 and trainer.algorithm.vmap_fallbacks == 0
         models[batch_tasks] = model
     moved = False
     init = fixture_bert()

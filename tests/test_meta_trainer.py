@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def config(tmp_path, **kw):
     base = dict(output_dir=str(tmp_path), algorithm="fomaml", inner_steps=2, inner_lr=0.3, meta_batch_size=4,
-                max_steps=6, outer_lr=1e-2, eval_steps=0, save_steps=0, disable_tqdm=True, logging_steps=1)  # fmt: skip
+                max_steps=6, learning_rate=1e-2, eval_steps=0, save_steps=0, disable_tqdm=True, logging_steps=1)  # fmt: skip
     base.update(kw)
     return MetaTrainingConfig(**base)
 
@@ -132,7 +132,7 @@ def test_sine_wave_maml_beats_multitask_pretraining_after_one_step(tmp_path):
     torch.manual_seed(0)
     maml_net = SineNet()
     cfg = config(tmp_path, algorithm="maml", inner_steps=1, inner_lr=0.01, task_loss="mse", meta_batch_size=10,
-                 max_steps=1500, outer_lr=1e-3, max_grad_norm=0, logging_steps=0)  # fmt: skip
+                 max_steps=1500, learning_rate=1e-3, max_grad_norm=0, logging_steps=0)  # fmt: skip
     MetaTrainer(maml_net, cfg, tasks, tasks).train()
 
     torch.manual_seed(0)
@@ -169,3 +169,94 @@ def test_config_errors():
         MetaTrainingConfig(fast_weights="body")
     with pytest.raises(ValueError, match="early_stopping_patience needs eval_steps"):
         MetaTrainingConfig(early_stopping_patience=2, eval_steps=0)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_bf16_and_fp16_meta_train_on_cpu(tmp_path, precision):
+    train, _, collate = token_episodes()
+    model = tiny_bert()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = MetaTrainer(model, config(tmp_path, max_steps=4, **{precision: True}), train, collate)
+    assert trainer.precision == precision
+    state = trainer.train()
+    losses = [h["loss"] for h in state.log_history]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
+    if precision == "fp16":
+        assert state.skipped_steps == 0 and state.loss_scale == 2.0**16
+        assert all(h["loss_scale"] == 2.0**16 for h in state.log_history)
+
+
+def test_fp16_overflow_skips_the_step_and_halves_the_loss_scale(tmp_path, monkeypatch):
+    from hf_metatransfer.meta.trainer import LossScale
+
+    monkeypatch.setattr(LossScale, "init_scale", 2.0**60)  # scaled gradients overflow fp16 (max 65504)
+    train, _, collate = token_episodes()
+    model = tiny_bert()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    state = MetaTrainer(model, config(tmp_path, max_steps=3, fp16=True), train, collate).train()
+    assert state.skipped_steps == 3 and state.loss_scale == 2.0**57
+    assert [h["loss_scale"] for h in state.log_history] == [2.0**59, 2.0**58, 2.0**57]
+    for n, p in model.named_parameters():
+        assert torch.equal(before[n], p), f"{n} moved on a skipped fp16 step"
+
+
+def test_the_launchers_precision_stands_unless_the_config_sets_one(tmp_path, monkeypatch):
+    train, _, collate = token_episodes()
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what `accelerate launch --mixed_precision bf16` sets
+    assert MetaTrainer(tiny_bert(), config(tmp_path / "a"), train, collate).precision == "bf16"
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert MetaTrainer(tiny_bert(), config(tmp_path / "b", fp16=True), train, collate).precision == "fp16"
+
+
+def test_resume_last_skips_incomplete_and_foreign_folders(tmp_path, caplog):
+    train, _, collate = token_episodes()
+    full = MetaTrainer(tiny_bert(), config(tmp_path / "full"), train, collate)
+    full.train()
+    out = tmp_path / "run"
+    MetaTrainer(tiny_bert(), config(out, max_steps=4, save_steps=2), train, collate).train()
+    # A save killed half-way before atomic checkpoints (weights, no state), a hidden partial one, a stray folder.
+    (out / "checkpoint-5").mkdir()
+    (out / "checkpoint-5" / "model.safetensors").write_bytes(b"truncated")
+    (out / ".partial-checkpoint-6").mkdir()
+    (out / "checkpoint-final").mkdir()
+    resumed = MetaTrainer(tiny_bert(seed=4), config(out, resume_from_checkpoint="last"), train, collate)
+    with caplog.at_level("WARNING"):
+        resumed.train()
+    assert "Resuming from checkpoint-4" in caplog.text
+    for (n, p), (_, q) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
+        assert torch.equal(p, q), n
+    assert T.AutoModelForSequenceClassification.from_pretrained(out) is not None  # the final model was saved
+    assert [p.name for p in resumed.checkpoints()] == ["checkpoint-4", "checkpoint-6"]
+
+
+def test_an_output_dir_holding_another_run_is_refused_and_left_untouched(tmp_path):
+    train, _, collate = token_episodes()
+    MetaTrainer(tiny_bert(), config(tmp_path, max_steps=2, save_steps=1), train, collate).train()
+    snapshot = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(FileExistsError, match="resume_from_checkpoint='last' to continue it, overwrite_output_dir"):
+        MetaTrainer(tiny_bert(), config(tmp_path, algorithm="protonets"), train, collate).train()
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == snapshot
+    MetaTrainer(tiny_bert(), config(tmp_path, max_steps=1, overwrite_output_dir=True), train, collate).train()
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1"]
+
+
+def test_resuming_with_another_algorithm_or_head_is_refused_naming_both(tmp_path):
+    train, _, collate = token_episodes()
+    MetaTrainer(tiny_bert(), config(tmp_path, max_steps=2, save_steps=2), train, collate).train()
+    with pytest.raises(ValueError, match="algorithm='fomaml'; this run has algorithm='protonets'"):
+        MetaTrainer(tiny_bert(), config(tmp_path, algorithm="protonets", resume_from_checkpoint="last"), train,
+                    collate).train()  # fmt: skip
+    with pytest.raises(ValueError, match=r"classifier\.\w+ has shape \(3.*\) in the checkpoint and \(5"):
+        MetaTrainer(tiny_bert(n_way=5), config(tmp_path, resume_from_checkpoint="last"), train, collate).train()
+
+
+@pytest.mark.parametrize("engine", ["FSDP", "DEEPSPEED"])
+def test_parameter_sharding_engines_are_refused_naming_what_works(tmp_path, monkeypatch, engine):
+    monkeypatch.setenv(f"ACCELERATE_USE_{engine}", "true")
+    train, _, collate = token_episodes()
+    with pytest.raises(ValueError, match="does not run under .*multi_gpu.yaml or multi_node.yaml"):
+        MetaTrainer(tiny_bert(), config(tmp_path), train, collate)

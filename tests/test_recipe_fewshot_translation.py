@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from huggingface_hub import HfApi, ModelCard
+from safetensors.torch import load_file
 
 from hf_metatransfer.episodes import SplitLeakError
 from hf_metatransfer.recipes.fewshot_translation import cli
@@ -32,7 +34,7 @@ def test_recipe_scores_every_method_on_the_same_held_out_tasks_and_pushes(hub, t
         "--max_length", "256", "--methods", "zero-shot", "in-context", "full", "lora", "meta-lora",
         "--adapt_steps", "2", "--algorithm", "reptile", "--inner_steps", "1", "--meta_batch_size", "2",
         "--meta_k_support", "2", "--meta_q_query", "2", "--max_steps", "2", "--save_steps", "0",
-        "--output_dir", str(out), "--disable_tqdm", "true", "--push_to_hub", "tester/translate-tiny",
+        "--output_dir", str(out), "--disable_tqdm", "true", "--push_to_hub", "--hub_model_id", "tester/translate-tiny",
     ])  # fmt: skip
     results = summary["results"]
     assert list(results) == ["zero-shot", "in-context", "full fine-tuning", "LoRA from the base model",
@@ -67,10 +69,27 @@ def test_translation_config_ships_and_parses():
     from hf_metatransfer.cli_args import parse_args
     from hf_metatransfer.meta import MetaTrainingConfig
     from hf_metatransfer.recipes.fewshot_translation import TranslationArguments
-    from hf_metatransfer.recipes.meta_train import PublishArguments
 
     config_path = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "fewshot_translation.yaml"
-    args, config, _ = parse_args((TranslationArguments, MetaTrainingConfig, PublishArguments),
-                                 ["--config", str(config_path)])  # fmt: skip
+    args, config = parse_args((TranslationArguments, MetaTrainingConfig), ["--config", str(config_path)])
     assert args.model_name_or_path == "embedded" and args.k_shots == [8, 32]
     assert config.algorithm == "fomaml" and "meta-lora" in args.methods
+
+
+def test_same_seed_gives_bit_identical_adapter(tmp_path, tiny_run):
+    """LoRA is initialised after set_seed: two runs with one seed save the same adapter, another seed does not."""
+    model_dir, data = tiny_run
+
+    def run(name: str, seed: int) -> dict:
+        cli(["--model_name_or_path", str(model_dir), "--dataset_name", "json", "--data_files", str(data),
+             "--test_languages", "ww", "--k_shots", "2", "--q_query", "2", "--max_target_length", "8",
+             "--max_length", "256", "--methods", "meta-lora", "--adapt_steps", "1", "--algorithm", "reptile",
+             "--inner_steps", "1", "--meta_batch_size", "2", "--meta_k_support", "2", "--meta_q_query", "2",
+             "--max_steps", "2", "--save_steps", "0", "--seed", str(seed), "--output_dir", str(tmp_path / name),
+             "--disable_tqdm", "true"])  # fmt: skip
+        return load_file(tmp_path / name / "adapter_model.safetensors")
+
+    first, second, other = run("a", 7), run("b", 7), run("c", 8)
+    assert first.keys() == second.keys() == other.keys()
+    assert [k for k in first if not torch.equal(first[k], second[k])] == []
+    assert not all(torch.equal(first[k], other[k]) for k in first)

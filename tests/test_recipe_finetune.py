@@ -3,7 +3,9 @@
 import json
 
 import pytest
+import torch
 import transformers as T
+from safetensors.torch import load_file
 
 from hf_metatransfer.cli_args import parse_args
 from hf_metatransfer.data import minilm_path
@@ -72,3 +74,20 @@ def test_missing_column_error(tmp_path, tiny_checkpoint, data_file):
     with pytest.raises(ValueError, match=r"Column 'text' is not in the dataset .*set --text_column"):
         cli(["--model_name_or_path", str(tiny_checkpoint), "--dataset_name", "json", "--data_files", str(data_file),
              "--output_dir", str(tmp_path / "o"), "--label_column", "topic"])
+
+
+def test_same_seed_gives_bit_identical_weights(tmp_path, tiny_checkpoint, data_file):
+    """The head is built after set_seed: two runs with one seed save the same weights, another seed does not."""
+
+    def run(name: str, seed: int) -> dict:
+        cli(["--model_name_or_path", str(tiny_checkpoint), "--dataset_name", "json", "--data_files", str(data_file),
+             "--text_column", "sentence", "--label_column", "topic", "--train_examples_per_class", "4",
+             "--validation_examples_per_class", "1", "--num_train_epochs", "1", "--save_strategy", "no",
+             "--use_cpu", "true", "--report_to", "none", "--disable_tqdm", "true", "--seed", str(seed),
+             "--output_dir", str(tmp_path / name)])  # fmt: skip
+        return load_file(tmp_path / name / "model.safetensors")
+
+    first, second, other = run("a", 7), run("b", 7), run("c", 8)
+    assert first.keys() == second.keys() == other.keys()
+    assert [k for k in first if not torch.equal(first[k], second[k])] == []
+    assert not all(torch.equal(first[k], other[k]) for k in first)

@@ -23,7 +23,7 @@ def test_meta_train_recipe_tests_baselines_writes_card_and_pushes(hub, tmp_path,
         "--n_way", "3", "--k_shot", "2", "--q_query", "2", "--algorithm", "fomaml", "--inner_steps", "1",
         "--meta_batch_size", "2", "--max_steps", "2", "--eval_steps", "1", "--eval_episodes", "2",
         "--save_steps", "0", "--test_episodes", "4", "--baselines", "nearest-centroid", "linear-probe",
-        "--output_dir", str(out), "--disable_tqdm", "true", "--push_to_hub", "tester/meta-tiny",
+        "--output_dir", str(out), "--disable_tqdm", "true", "--push_to_hub", "--hub_model_id", "tester/meta-tiny",
         "--adapted_episodes", "1",
     ])  # fmt: skip
     methods = [r["method"] for r in results["meta_test"]]
@@ -68,14 +68,14 @@ def test_quickstart_config_ships_in_the_package_and_parses():
     from hf_metatransfer.cli_args import parse_args
     from hf_metatransfer.meta import MetaTrainingConfig
     from hf_metatransfer.recipes.finetune import ModelArguments
-    from hf_metatransfer.recipes.meta_train import EpisodeArguments, PublishArguments, language_split
+    from hf_metatransfer.recipes.meta_train import EpisodeArguments, language_split
     from hf_metatransfer.recipes.quickstart import CONFIG
 
-    model, episodes, config, publish = parse_args(
-        (ModelArguments, EpisodeArguments, MetaTrainingConfig, PublishArguments), ["--config", str(CONFIG)]
+    model, episodes, config = parse_args(
+        (ModelArguments, EpisodeArguments, MetaTrainingConfig), ["--config", str(CONFIG)]
     )
     assert model.model_name_or_path == "embedded" and config.algorithm == "protonets"
-    assert (episodes.n_way, episodes.k_shot) == (5, 5) and publish.push_to_hub is None
+    assert (episodes.n_way, episodes.k_shot) == (5, 5) and not config.push_to_hub
     held_out = set(episodes.validation_languages) | set(episodes.test_languages)
     assert episodes.test_languages and not held_out & set(language_split(episodes)["train"])
     assert set(episodes.baselines) == {"nearest-centroid", "linear-probe", "fine-tuning", "lp-ft"}
@@ -127,3 +127,46 @@ def test_meta_test_recipe_rescores_the_saved_episodes_exactly(tmp_path, tiny_che
     after = {r["method"].split(" (")[0]: r["per_episode"] for r in retested["meta_test"]}
     assert after == before  # the same episodes, the same meta-learned weights, the same baseline: the same scores
     assert (tmp_path / "retest" / "results.json").exists()
+
+
+def test_same_seed_gives_bit_identical_weights(tmp_path, tiny_checkpoint):  # noqa: F811
+    from safetensors.torch import load_file
+
+    def run(name: str, seed: int) -> dict:
+        cli(["--model_name_or_path", str(tiny_checkpoint), "--languages", "en", "--cap_per_intent", "20",
+             "--n_way", "3", "--k_shot", "2", "--q_query", "2", "--algorithm", "fomaml", "--inner_steps", "1",
+             "--meta_batch_size", "2", "--max_steps", "2", "--eval_steps", "0", "--save_steps", "0",
+             "--test_episodes", "1", "--baselines", "nearest-centroid", "--seed", str(seed),
+             "--output_dir", str(tmp_path / name), "--disable_tqdm", "true"])  # fmt: skip
+        return load_file(tmp_path / name / "model.safetensors")
+
+    a, b, other = run("a", 0), run("b", 0), run("c", 1)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert any(not torch.equal(a[n], other[n]) for n in a)
+
+
+@pytest.mark.slow
+def test_under_torchrun_the_recipe_prints_writes_and_pushes_once(hub, tmp_path, tiny_checkpoint):  # noqa: F811
+    """Two ranks: one results table, one results.json, one push (the test Hub counts the commits)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "HF_TOKEN": TOKEN,
+           "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1"}  # fmt: skip
+    result = subprocess.run([
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "recipes/meta_train.py", "--model_name_or_path", str(tiny_checkpoint), "--languages", "en",
+        "--cap_per_intent", "20", "--n_way", "3", "--k_shot", "2", "--q_query", "2", "--algorithm", "fomaml",
+        "--inner_steps", "1", "--meta_batch_size", "2", "--max_steps", "2", "--eval_steps", "0", "--save_steps", "0",
+        "--test_episodes", "2", "--baselines", "nearest-centroid", "--output_dir", str(out), "--disable_tqdm", "true",
+        "--push_to_hub", "--hub_model_id", "tester/meta-two-ranks",
+    ], cwd=root, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.count("| method | accuracy") == 1, result.stdout
+    assert (out / "results.json").exists()
+    commits = [c.message for c in hub.repos[("model", "tester/meta-two-ranks")].commits.values()]
+    assert len([m for m in commits if "hf-metatransfer" in m]) == 1, commits

@@ -289,7 +289,7 @@ def test_meta_training_lora_over_language_pairs_saves_a_loadable_adapter(tmp_pat
     batcher = TranslationBatcher.for_model(lora, char_tokenizer(), prompt=PROMPT, texts=sampler.texts,
                                            max_target_length=8)  # fmt: skip
     config = MetaTrainingConfig(output_dir=str(tmp_path), algorithm=algorithm, fast_weights="lora", task_loss="lm",
-                                inner_steps=2, inner_lr=1e-2, meta_batch_size=2, max_steps=3, outer_lr=1e-2,
+                                inner_steps=2, inner_lr=1e-2, meta_batch_size=2, max_steps=3, learning_rate=1e-2,
                                 eval_steps=0, save_steps=0, logging_steps=1, disable_tqdm=True)  # fmt: skip
     state = MetaTrainer(lora, config, sampler, batcher).train()
     assert state.step == 3 and state.skipped_tasks == 0

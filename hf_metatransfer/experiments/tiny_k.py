@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..episodes.episode import Episode
@@ -82,7 +83,7 @@ def meta_train_protonets(model: nn.Module, tasks: TaskCollection, collate: Calla
     with tempfile.TemporaryDirectory() as out:  # the trainer's checkpoints: not needed after the run
         config = MetaTrainingConfig(
             output_dir=out, algorithm="protonets", meta_batch_size=args.meta_batch_size, max_steps=args.meta_steps,
-            outer_lr=args.meta_outer_lr, eval_steps=0, save_steps=0, save_total_limit=1, seed=seed,
+            learning_rate=args.meta_outer_lr, eval_steps=0, save_steps=0, save_total_limit=1, seed=seed,
             disable_tqdm=not progress,
         )  # fmt: skip
         sampler = tasks.sampler("train", args.n_way, args.meta_k_shot, args.q_query, seed=seed)
@@ -111,8 +112,10 @@ def run_tiny_k(
     rows: list[dict[str, Any]] = []
     meta = None
     if META in args.methods:
+        torch.manual_seed(seed)  # the head's initialisation, the same for both models and for every run
         meta_model = model_init(args.n_way)
         meta = meta_train_protonets(meta_model, tasks, collate, args, seed, progress)
+    torch.manual_seed(seed)
     pretrained = model_init(args.n_way)
     classes_by_k: dict[int, int] = {}
     for k in args.shots:

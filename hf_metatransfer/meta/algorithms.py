@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +18,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..pooling import mean_pool
+from .compat import masks_traced_under_functorch
 from .fast_weights import fast_weight_names
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,14 @@ def model_inputs(batch: Batch) -> dict[str, torch.Tensor]:
 
 
 class MetaAlgorithm:
-    """Shared inner loop: ``inner_steps`` of SGD on the support loss over the fast weights."""
+    """Shared inner loop: ``inner_steps`` of SGD on the support loss over the fast weights.
+
+    ``loss_scale`` (set by the trainer before each meta-step) multiplies every loss the algorithm
+    differentiates, and the gradients are divided by it right after: under fp16 autocast small gradients
+    then survive the fp16 backward. Returned gradients, inner-loop updates and reported losses are unscaled;
+    a scale too large for fp16 gives inf gradients, and those tasks are skipped. ``vmap_fallbacks`` counts
+    the calls of ``batch_task_gradient`` whose vmap path failed and ran one task at a time.
+    """
 
     name = "base"
     second_order = False
@@ -66,6 +73,9 @@ class MetaAlgorithm:
         self.fast_weights, self.top_k = fast_weights, top_k
         self.fast: list[str] = []
         self.shift_labels = False  # causal LMs: logits at t predict the label at t + 1 (token accuracy)
+        self.loss_scale = 1.0
+        self.vmap_fallbacks = 0
+        self._vmap_errors_logged: set[tuple[str, str]] = set()
 
     # -- set-up --------------------------------------------------------------------------------------------
     def setup(self, model: nn.Module) -> None:
@@ -108,6 +118,14 @@ class MetaAlgorithm:
     def inner_lrs(self) -> list[float | torch.Tensor]:
         return [self.inner_lr] * len(self.fast)
 
+    def _scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss to differentiate: times ``loss_scale`` (no op at 1.0: fp32 results stay bit-identical)."""
+        return loss if self.loss_scale == 1.0 else loss * self.loss_scale
+
+    def _unscaled(self, grad: torch.Tensor | None) -> torch.Tensor | None:
+        """A gradient of a ``_scaled`` loss, divided back (a graph op when it is differentiated again)."""
+        return grad if grad is None or self.loss_scale == 1.0 else grad / self.loss_scale
+
     def adapt(
         self, model: nn.Module, support: Batch, *, create_graph: bool | None = None
     ) -> dict[str, torch.Tensor]:
@@ -118,10 +136,10 @@ class MetaAlgorithm:
         for _ in range(self.inner_steps):
             loss, _ = self.loss(model, {**weights, **fast}, support)
             grads = torch.autograd.grad(
-                loss, list(fast.values()), create_graph=create_graph, allow_unused=True
+                self._scaled(loss), list(fast.values()), create_graph=create_graph, allow_unused=True
             )
             fast = {
-                n: p if g is None else p - lr * (g if create_graph else g.detach())
+                n: p if g is None else p - lr * self._unscaled(g if create_graph else g.detach())
                 for (n, p), g, lr in zip(fast.items(), grads, self.inner_lrs())
             }
         return {**weights, **fast}
@@ -138,19 +156,29 @@ class MetaAlgorithm:
 
         MAML-style algorithms (plain inner loop, no meta-parameters) run all tasks at once under
         ``torch.func.vmap`` when their support and query batches have the same shapes once padded to the
-        meta-batch's longest sequence; otherwise (or if vmap fails on the architecture) tasks run one by one.
+        meta-batch's longest sequence; otherwise tasks run one by one. If vmap fails (the architecture, or the
+        transformers workaround of ``compat``), this call's tasks run one by one and the next call tries vmap
+        again; out-of-memory errors are raised, not hidden behind a slower path.
         """
         if len(tasks) > 1 and self._vmap_applies():
             stacked = _stack_tasks(tasks)
             if stacked is not None:
                 try:
                     return self._vmap_task_gradients(model, *stacked)
-                except Exception as error:  # noqa: BLE001 - any failure of the architecture under vmap
-                    self._vmap_broken = True
-                    logger.warning("%s: batching tasks with torch.func.vmap failed on %s (%s: %s); "
-                                   "falling back to one task at a time.", self.name, type(model).__name__,
-                                   type(error).__name__, str(error)[:300])  # fmt: skip
+                except Exception as error:  # noqa: BLE001 - any failure under vmap: this call loops
+                    if _out_of_memory(error):
+                        raise
+                    self._vmap_fell_back(model, error)
         return self._loop_task_gradients(model, tasks)
+
+    def _vmap_fell_back(self, model: nn.Module, error: Exception) -> None:
+        """Count the fallback; warn once per distinct error, as the same failure comes back every step."""
+        self.vmap_fallbacks += 1
+        key = (type(error).__name__, str(error)[:300])
+        level = logging.DEBUG if key in self._vmap_errors_logged else logging.WARNING
+        self._vmap_errors_logged.add(key)
+        logger.log(level, "%s: batching tasks with torch.func.vmap failed on %s (%s: %s); this meta-batch "
+                   "runs one task at a time.", self.name, type(model).__name__, *key)  # fmt: skip
 
     def _loop_task_gradients(self, model: nn.Module, tasks: Sequence[tuple[Batch, Batch]]) -> TaskResult:
         total: dict[str, torch.Tensor] | None = None
@@ -171,11 +199,9 @@ class MetaAlgorithm:
             return TaskResult(None, float("nan"), float("nan"), skipped)
         return TaskResult({n: g / ok for n, g in total.items()}, loss / ok, accuracy / ok, skipped)
 
-    _vmap_broken = False
-
     def _vmap_applies(self) -> bool:
         """The vmap path reproduces ``MetaAlgorithm.task_gradient`` with scalar inner LRs, nothing else."""
-        return (not self._vmap_broken and type(self).task_gradient is MetaAlgorithm.task_gradient
+        return (type(self).task_gradient is MetaAlgorithm.task_gradient
                 and type(self).adapt is MetaAlgorithm.adapt and not self.meta_parameters()
                 and all(isinstance(lr, (int, float)) for lr in self.inner_lrs()))  # fmt: skip
 
@@ -191,26 +217,27 @@ class MetaAlgorithm:
 
         def query_loss(weights: dict, query: dict):
             loss, logits = self.loss(model, {**constants, **weights}, query)
-            return loss, (loss, logits)
+            return self._scaled(loss), (loss, logits)
 
         def adapt(params: dict, support: dict) -> dict:
             fast = {n: params[n] for n in fast_names}
 
             def support_loss(fast_now: dict):
-                return self.loss(model, {**constants, **params, **fast_now}, support)[0]
+                return self._scaled(self.loss(model, {**constants, **params, **fast_now}, support)[0])
 
             for _ in range(steps):
                 g = grad(support_loss)(fast)
-                fast = {n: fast[n] - lrs[n] * g[n] for n in fast_names}
+                fast = {n: fast[n] - lrs[n] * self._unscaled(g[n]) for n in fast_names}
             return {**params, **fast}
 
         def one_task(params: dict, support: dict, query: dict):
             if second_order:  # differentiate through the inner loop
-                return grad(lambda p: query_loss(adapt(p, support), query), has_aux=True)(params)
-            # first order: the query gradient at the adapted weights (d adapted / d params taken as identity)
-            return grad(query_loss, has_aux=True)(adapt(params, support), query)
+                grads, aux = grad(lambda p: query_loss(adapt(p, support), query), has_aux=True)(params)
+            else:  # first order: the query gradient at the adapted weights (d adapted / d params as identity)
+                grads, aux = grad(query_loss, has_aux=True)(adapt(params, support), query)
+            return {n: self._unscaled(g) for n, g in grads.items()}, aux
 
-        with _masks_traced_under_functorch():
+        with masks_traced_under_functorch():
             grads, (losses, logits) = vmap(one_task, in_dims=(None, 0, 0), randomness="different")(
                 trainable, supports, queries
             )
@@ -244,8 +271,8 @@ class MetaAlgorithm:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         extra = [(f"meta.{i}", p) for i, p in enumerate(self.meta_parameters())]
         params = named + extra
-        grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
-        out = {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(params, grads)}
+        grads = torch.autograd.grad(self._scaled(loss), [p for _, p in params], allow_unused=True)
+        out = {n: torch.zeros_like(p) if g is None else self._unscaled(g) for (n, p), g in zip(params, grads)}
         if not all(torch.isfinite(g).all() for g in out.values()):
             return TaskResult(None, float("nan"), float("nan"))
         return TaskResult(out, loss.item(), self._accuracy(logits, query["labels"]))
@@ -461,27 +488,12 @@ def _cat(a: Batch, b: Batch) -> dict[str, torch.Tensor]:
     return {k: torch.cat([a[k], b[k]]) for k in a if k in b}
 
 
-@contextmanager
-def _masks_traced_under_functorch():
-    """transformers skips building an attention mask when ``padding_mask.all()`` (a data-dependent branch that
-    vmap cannot take) unless it thinks it is tracing: make its ``is_tracing`` say so for functorch tensors, here only.
-    """
-    try:
-        from transformers import masking_utils
-    except ImportError:  # not a transformers model: nothing to patch
-        yield
-        return
-    original = masking_utils.is_tracing
-    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-
-    def is_tracing(tensor=None) -> bool:
-        return original(tensor) or (isinstance(tensor, torch.Tensor) and wrapped(tensor))
-
-    masking_utils.is_tracing = is_tracing
-    try:
-        yield
-    finally:
-        masking_utils.is_tracing = original
+def _out_of_memory(error: Exception) -> bool:
+    """torch.OutOfMemoryError (``torch.cuda``'s name, from torch 2.4), or another backend's RuntimeError
+    saying so."""
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error)
+    )
 
 
 def _is_token_tensor(value: torch.Tensor) -> bool:

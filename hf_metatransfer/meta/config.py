@@ -1,13 +1,17 @@
-"""MetaTrainingConfig: the meta-training loop's arguments, HfArgumentParser-ready."""
+"""MetaTrainingConfig: the meta-training loop's arguments, HfArgumentParser-ready and named as in TrainingArguments
+wherever the meaning is the same (learning_rate, lr_scheduler_type, warmup_steps, bf16/fp16, save_*, push_to_hub)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from .algorithms import ALGORITHMS
 from .fast_weights import FAST_WEIGHTS
 
-SCHEDULES = ("constant", "linear", "cosine")
+#: transformers' schedules that need nothing beyond warmup and total steps (``transformers.get_scheduler``).
+SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "inverse_sqrt")
+OPTIMIZERS = ("adamw_torch", "sgd")
 
 
 @dataclass
@@ -17,9 +21,13 @@ class MetaTrainingConfig:
     output_dir: str = field(default="outputs/meta", metadata={"help": "Where checkpoints and the model go."})
     algorithm: str = field(default="fomaml", metadata={"help": f"One of {ALGORITHMS}."})
     inner_steps: int | None = field(
-        default=None, metadata={"help": "Inner SGD steps (default: the algorithm's)."}
+        default=None,
+        metadata={"help": "SGD steps of the inner loop, the adaptation to each task's support set (default: the "
+                          "algorithm's). TrainingArguments has no inner loop, hence names of its own."},
+    )  # fmt: skip
+    inner_lr: float | None = field(
+        default=None, metadata={"help": "LR of the inner loop (default: the algorithm's); learning_rate is the outer."}
     )
-    inner_lr: float | None = field(default=None, metadata={"help": "Inner LR (default: the algorithm's)."})
     fast_weights: str | None = field(
         default=None,
         metadata={"help": f"Inner-loop parameters, one of {FAST_WEIGHTS} (default: the algorithm's)."},
@@ -46,14 +54,34 @@ class MetaTrainingConfig:
             "torch.func.vmap over tasks when their padded shapes agree), else one task at a time."
         },
     )
-    max_steps: int = field(default=500, metadata={"help": "Meta-steps."})
-    outer_lr: float = field(default=3e-5, metadata={"help": "Learning rate of the outer optimizer."})
-    outer_optimizer: str = field(default="adamw", metadata={"help": "'adamw' or 'sgd'."})
+    max_steps: int = field(default=500, metadata={"help": "Meta-steps (outer optimizer steps)."})
+    learning_rate: float = field(
+        default=3e-5,
+        metadata={"help": "Peak LR of the outer (meta) optimizer, as in TrainingArguments; the inner loop's is "
+                          "inner_lr."},
+    )  # fmt: skip
+    optim: str = field(default="adamw_torch", metadata={"help": f"Outer optimizer, one of {OPTIMIZERS}."})
     weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the outer optimizer."})
-    lr_scheduler_type: str = field(default="constant", metadata={"help": f"One of {SCHEDULES}."})
-    warmup_steps: int = field(default=0, metadata={"help": "Linear warmup steps of the outer LR."})
+    lr_scheduler_type: str = field(
+        default="constant",
+        metadata={"help": f"Outer LR schedule over max_steps (transformers.get_scheduler), one of {SCHEDULES}."},
+    )
+    warmup_steps: float = field(
+        default=0,
+        metadata={"help": "Linear warmup of the outer LR from 0: steps (an integer) or a ratio of max_steps (a "
+                          "float in [0, 1)), as in TrainingArguments."},
+    )  # fmt: skip
     max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the meta-gradient norm (0: off)."})
-    mixed_precision: str = field(default="no", metadata={"help": "'no', 'bf16' or 'fp16' (GPU)."})
+    bf16: bool = field(
+        default=False,
+        metadata={"help": "bf16 autocast. With neither bf16 nor fp16 the launcher's choice stands "
+                          "(accelerate launch --mixed_precision, or its config file); default fp32."},
+    )  # fmt: skip
+    fp16: bool = field(
+        default=False,
+        metadata={"help": "fp16 autocast with dynamic loss scaling of the meta-gradient: a step with an inf/NaN "
+                          "gradient is skipped, counted and the scale halved (as torch's GradScaler does)."},
+    )  # fmt: skip
     dropout: bool = field(
         default=False,
         metadata={"help": "Keep dropout on in meta-training (off by default: tasks then reproduce exactly)."},
@@ -67,16 +95,33 @@ class MetaTrainingConfig:
         default=100, metadata={"help": "Checkpoint every this many steps (0: only at the end)."}
     )
     save_total_limit: int = field(
-        default=2, metadata={"help": "Checkpoints kept (the best one is kept too)."}
+        default=2, metadata={"help": "Newest checkpoints kept (0: all); the best model is kept in best/ besides."}
     )
     logging_steps: int = field(default=10, metadata={"help": "Log every this many steps."})
     report_to: list[str] = field(
-        default_factory=list, metadata={"help": "Trackers for accelerate: tensorboard, wandb..."}
+        default_factory=list, metadata={"help": "Trackers for accelerate: tensorboard, wandb... ('none': none)."}
     )
     seed: int = field(default=0, metadata={"help": "Seed of the episodes and of everything else."})
     resume_from_checkpoint: str | None = field(
         default=None,
-        metadata={"help": "A checkpoint folder to resume from, or 'last' for the newest in output_dir."},
+        metadata={"help": "A checkpoint folder to resume from, or 'last' for the newest complete one in "
+                          "output_dir. Under torchrun, an elastic restart resumes from 'last' by itself."},
+    )  # fmt: skip
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace the run already in output_dir (its checkpoints and model); without it such a "
+                          "folder is refused unless resuming."},
+    )  # fmt: skip
+    push_to_hub: bool = field(
+        default=False,
+        metadata={"help": "Push output_dir's model to hub_model_id with MetaTrainer.push_to_hub() (the recipes "
+                          "call it at the end, with the card, the results and the evaluation episodes)."},
+    )  # fmt: skip
+    hub_model_id: str | None = field(
+        default=None, metadata={"help": "Repo id to push to (default: the name of output_dir)."}
+    )
+    hub_private_repo: bool | None = field(
+        default=None, metadata={"help": "Create the Hub repo private (default: the Hub's default)."}
     )
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bar."})
 
@@ -86,9 +131,19 @@ class MetaTrainingConfig:
         if self.fast_weights is not None and self.fast_weights not in FAST_WEIGHTS:
             raise ValueError(f"Unknown fast_weights {self.fast_weights!r}: use one of {FAST_WEIGHTS}.")
         if self.lr_scheduler_type not in SCHEDULES:
-            raise ValueError(f"lr_scheduler_type must be one of {SCHEDULES}.")
-        if self.outer_optimizer not in ("adamw", "sgd"):
-            raise ValueError("outer_optimizer must be 'adamw' or 'sgd'.")
+            raise ValueError(f"lr_scheduler_type={self.lr_scheduler_type!r}: use one of {SCHEDULES}.")
+        if self.lr_scheduler_type == "constant" and self.warmup_steps:
+            raise ValueError("lr_scheduler_type='constant' has no warmup: use 'constant_with_warmup' with "
+                             f"warmup_steps={self.warmup_steps}, or warmup_steps=0.")  # fmt: skip
+        if self.warmup_steps < 0 or (self.warmup_steps >= 1 and self.warmup_steps != int(self.warmup_steps)):
+            raise ValueError(f"warmup_steps={self.warmup_steps}: give a number of steps (an integer >= 0) or a ratio "
+                             "of max_steps in [0, 1).")  # fmt: skip
+        if self.optim not in OPTIMIZERS:
+            raise ValueError(f"optim={self.optim!r}: use one of {OPTIMIZERS}.")
+        if self.bf16 and self.fp16:
+            raise ValueError("bf16 and fp16 are both set: choose one.")
+        if self.report_to in (["none"], ["None"]):
+            self.report_to = []
         if self.meta_batch_size < 1 or self.max_steps < 1:
             raise ValueError("meta_batch_size and max_steps must be >= 1.")
         if self.projection_dim and self.algorithm != "protonets":
@@ -96,6 +151,18 @@ class MetaTrainingConfig:
                              "to project: drop projection_dim or use algorithm='protonets'.")  # fmt: skip
         if self.early_stopping_patience and not self.eval_steps:
             raise ValueError("early_stopping_patience needs eval_steps > 0 and validation episodes.")
+
+    @property
+    def num_warmup_steps(self) -> int:
+        """Warmup in steps, a ratio taken of max_steps as ``TrainingArguments.get_warmup_steps`` does."""
+        if self.warmup_steps >= 1:
+            return int(self.warmup_steps)
+        return math.ceil(self.max_steps * self.warmup_steps)
+
+    @property
+    def mixed_precision(self) -> str | None:
+        """What to ask accelerate for; None keeps the launcher's choice."""
+        return "bf16" if self.bf16 else "fp16" if self.fp16 else None
 
     def algorithm_kwargs(self) -> dict:
         kwargs = {"inner_steps": self.inner_steps, "inner_lr": self.inner_lr, "fast_weights": self.fast_weights,

@@ -4,13 +4,21 @@ Step s takes episodes ``s * B .. s * B + B - 1`` of the training sampler (B = ``
 W adapts to those whose position is r mod W, and the summed meta-gradients are all-reduced, so W processes reach
 the parameters one process reaches on the same meta-batch. Episodes are pure functions of their id, so a run
 resumed from a checkpoint draws exactly the episodes it would have drawn.
+
+The outer optimizer and its LR schedule are deliberately not passed through ``accelerator.prepare``: a prepared
+scheduler steps once per process on every call (its batches are assumed split across processes), which would
+run the schedule W times too fast here, where one meta-step is one step whatever W is. For the same reason fp16
+loss scaling is done here (``LossScale``): meta-gradients come from ``torch.func``, past accelerate's GradScaler.
+Checkpoints are written to a hidden folder and renamed when complete, so ``checkpoint-<step>`` is always whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import math
+import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -20,9 +28,11 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import get_scheduler
 
 from ..episodes.episode import Episode
 from .algorithms import MetaAlgorithm, TaskResult, build_algorithm
@@ -32,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 TRAINER_STATE = "meta_trainer_state.json"
 ALGORITHM_STATE = "meta_algorithm.safetensors"
+CONFIG_FILE = "meta_training_config.json"
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
 
 @dataclass
@@ -43,7 +55,35 @@ class MetaTrainerState:
     best_step: int | None = None
     evals_without_improvement: int = 0
     skipped_tasks: int = 0
+    skipped_steps: int = 0
+    loss_scale: float | None = None
+    loss_scale_good_steps: int = 0
+    launch_id: str | None = None
     log_history: list[dict] = field(default_factory=list)
+
+
+class LossScale:
+    """Dynamic fp16 loss scaling with torch.amp.GradScaler's rule: halve on an inf/NaN step (the step is skipped),
+    double after ``growth_interval`` clean steps. Its numbers live in :class:`MetaTrainerState`, so they resume."""
+
+    init_scale, growth_interval = 2.0**16, 2000
+
+    def __init__(self, state: MetaTrainerState) -> None:
+        self.state = state
+        if state.loss_scale is None:
+            state.loss_scale = self.init_scale
+
+    @property
+    def scale(self) -> float:
+        return float(self.state.loss_scale)
+
+    def update(self, found_inf: bool) -> None:
+        if found_inf:
+            self.state.loss_scale, self.state.loss_scale_good_steps = self.scale / 2, 0
+            return
+        self.state.loss_scale_good_steps += 1
+        if self.state.loss_scale_good_steps >= self.growth_interval:
+            self.state.loss_scale, self.state.loss_scale_good_steps = self.scale * 2, 0
 
 
 class MetaTrainer:
@@ -62,9 +102,12 @@ class MetaTrainer:
         algorithm: MetaAlgorithm | None = None,
     ) -> None:
         self.config = config
+        _refuse_parameter_sharding()
+        _join_restarted_process_group()
         self.accelerator = Accelerator(
-            mixed_precision=config.mixed_precision, log_with=config.report_to or None, project_dir=config.output_dir
-        )
+            mixed_precision=config.mixed_precision, cpu=_cpu_distributed(), log_with=config.report_to or None,
+            project_dir=config.output_dir,
+        )  # fmt: skip
         self.algorithm = algorithm or build_algorithm(config.algorithm, **config.algorithm_kwargs())
         if self.algorithm.second_order:
             _eager_attention(model)
@@ -76,30 +119,25 @@ class MetaTrainer:
         self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.params += [(f"meta.{i}", p) for i, p in enumerate(self.algorithm.meta_parameters())]
         self.optimizer = self._optimizer()
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.optimizer, self.scheduler = self.accelerator.prepare(self.optimizer, self.scheduler)
+        self.scheduler = get_scheduler(config.lr_scheduler_type, self.optimizer,
+                                       num_warmup_steps=config.num_warmup_steps, num_training_steps=config.max_steps)  # fmt: skip
+        self.accelerator.register_for_checkpointing(self.optimizer, self.scheduler)
         self.train_sampler, self.eval_sampler, self.collate = train_sampler, eval_sampler, collate
         self.state = MetaTrainerState()
         if config.report_to:
             self.accelerator.init_trackers("hf_metatransfer", config=asdict(config))
 
+    @property
+    def precision(self) -> str:
+        """The precision in force: the config's, else the launcher's (``accelerate launch --mixed_precision``)."""
+        return self.accelerator.mixed_precision
+
     # -- set-up --------------------------------------------------------------------------------------------
     def _optimizer(self) -> torch.optim.Optimizer:
         params = [p for _, p in self.params]
-        if self.config.outer_optimizer == "sgd":
-            return torch.optim.SGD(params, lr=self.config.outer_lr, weight_decay=self.config.weight_decay)
-        return torch.optim.AdamW(params, lr=self.config.outer_lr, weight_decay=self.config.weight_decay)
-
-    def _lr_factor(self, step: int) -> float:
-        c = self.config
-        if step < c.warmup_steps:
-            return (step + 1) / (c.warmup_steps + 1)
-        progress = (step - c.warmup_steps) / max(1, c.max_steps - c.warmup_steps)
-        if c.lr_scheduler_type == "linear":
-            return max(0.0, 1.0 - progress)
-        if c.lr_scheduler_type == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-        return 1.0
+        if self.config.optim == "sgd":
+            return torch.optim.SGD(params, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
+        return torch.optim.AdamW(params, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
 
     # -- one meta-step -------------------------------------------------------------------------------------
     def task_ids(self, step: int) -> list[int]:
@@ -107,11 +145,19 @@ class MetaTrainer:
         b, world, rank = self.config.meta_batch_size, self.accelerator.num_processes, self.accelerator.process_index
         return [step * b + i for i in range(b) if i % world == rank]
 
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """torch.autocast in the precision in force, on CPU too (accelerate's autocast skips fp16 on CPU)."""
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        return torch.autocast(self.accelerator.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.accelerator.device) for k, v in batch.items()}
 
     def meta_step(self, step: int) -> dict[str, float]:
         """Adapt to this process's tasks, all-reduce the summed meta-gradients, take one outer step."""
+        scaler = LossScale(self.state) if self.precision == "fp16" else None
+        self.algorithm.loss_scale = scaler.scale if scaler else 1.0
+        lr = self.optimizer.param_groups[0]["lr"]
         flat = torch.zeros(sum(p.numel() for _, p in self.params), device=self.accelerator.device)
         totals = torch.zeros(4, device=self.accelerator.device)  # tasks ok, skipped, loss sum, accuracy sum
         tasks = []
@@ -119,12 +165,12 @@ class MetaTrainer:
             batch = self.collate(episode)
             tasks.append((self._to_device(batch["support"]), self._to_device(batch["query"])))
         if self.config.batch_tasks and tasks:
-            with self.accelerator.autocast():
+            with self._autocast():
                 result = self.algorithm.batch_task_gradient(self.model, tasks)
             self._add(flat, totals, result, len(tasks) - result.skipped, result.skipped)
         else:
             for support, query in tasks:
-                with self.accelerator.autocast():
+                with self._autocast():
                     result = self.algorithm.task_gradient(self.model, support, query)
                 self._add(flat, totals, result, int(result.grads is not None), int(result.grads is None))
         if self.accelerator.num_processes > 1:
@@ -132,9 +178,16 @@ class MetaTrainer:
             totals = self.accelerator.reduce(totals, reduction="sum")
         ok, skipped = int(totals[0].item()), int(totals[1].item())
         self.state.skipped_tasks += skipped
-        if skipped:
+        skip_step = not ok or (scaler is not None and skipped > 0)
+        if scaler is not None:  # fp16: an inf/NaN may be the scale's overflow, so the whole step goes
+            scaler.update(found_inf=skipped > 0)
+            if skipped:
+                logger.info("step %d: inf/NaN meta-gradient under fp16: step skipped, loss scale now %g", step,
+                            scaler.scale)  # fmt: skip
+        elif skipped:
             logger.warning("step %d: %d task(s) with a non-finite loss or gradient were skipped", step, skipped)
-        if ok:
+        self.state.skipped_steps += int(skip_step)
+        if not skip_step:
             flat /= ok
             offset = 0
             for _, p in self.params:
@@ -149,7 +202,8 @@ class MetaTrainer:
             "loss": totals[2].item() / max(ok, 1),
             "query_accuracy": totals[3].item() / max(ok, 1),
             "skipped_tasks": skipped,
-            "lr": self.scheduler.get_last_lr()[0],
+            "lr": lr,
+            **({"loss_scale": scaler.scale} if scaler else {}),
         }
 
     def _add(self, flat: torch.Tensor, totals: torch.Tensor, result: TaskResult, ok: int, skipped: int) -> None:
@@ -177,8 +231,10 @@ class MetaTrainer:
     # -- the loop ------------------------------------------------------------------------------------------
     def train(self) -> MetaTrainerState:
         c = self.config
-        if c.resume_from_checkpoint:
-            self.load_checkpoint(self._resolve_checkpoint(c.resume_from_checkpoint))
+        resume = self._prepare_output_dir()
+        if resume:
+            self.load_checkpoint(self._resolve_checkpoint(resume))
+        self.state.launch_id = os.environ.get("TORCHELASTIC_RUN_ID")
         bar = tqdm(total=c.max_steps, initial=self.state.step, desc=f"Meta-training ({self.algorithm.name})",
                    disable=c.disable_tqdm or not self.accelerator.is_main_process)  # fmt: skip
         while self.state.step < c.max_steps:
@@ -201,12 +257,40 @@ class MetaTrainer:
                 break
         bar.close()
         self.save_model(c.output_dir)
+        self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
         return self.state
+
+    def _prepare_output_dir(self) -> str | None:
+        """What to resume from, if anything. A folder holding another run is refused unless the config says to
+        resume or overwrite it; an elastic restart (torchrun) resumes its own launch's last checkpoint."""
+        c, out = self.config, Path(self.config.output_dir)
+        if c.resume_from_checkpoint:
+            return c.resume_from_checkpoint
+        last = self.checkpoints()[-1:] if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 else []
+        if last and self._read_state(last[0]).launch_id == os.environ.get("TORCHELASTIC_RUN_ID"):
+            logger.warning("Elastic restart: resuming from %s, this launch's last complete checkpoint.", last[0])
+            return str(last[0])
+        previous = sorted(p.name for p in out.glob("checkpoint-*")) + [CONFIG_FILE] * (out / CONFIG_FILE).exists()
+        if previous and not c.overwrite_output_dir:
+            raise FileExistsError(
+                f"{out} already holds a meta-training run ({', '.join(previous[:4])}). Pass "
+                "resume_from_checkpoint='last' to continue it, overwrite_output_dir=True to replace it, or another "
+                "output_dir."
+            )
+        if previous and self.accelerator.is_main_process:
+            logger.warning("overwrite_output_dir: removing the previous run's checkpoints and best model in %s", out)
+            for old in [*out.glob("checkpoint-*"), out / "best"]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        return None
 
     def _log(self, logs: dict[str, float]) -> None:
         self.state.log_history.append({"step": self.state.step, **logs})
         self.accelerator.log(logs, step=self.state.step)
+        if self.accelerator.is_main_process:
+            logger.info("step %d: %s", self.state.step,
+                        ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items()))  # fmt: skip
 
     def _validate(self) -> bool:
         metrics = self.evaluate()
@@ -237,43 +321,99 @@ class MetaTrainer:
         extra = self.algorithm.state_dict()
         if extra:
             save_file({k: v.detach().cpu().contiguous() for k, v in extra.items()}, str(folder / ALGORITHM_STATE))
-        (folder / "meta_training_config.json").write_text(json.dumps(asdict(self.config), indent=2))
+        (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
+
+    @property
+    def hub_model_id(self) -> str:
+        """The repo ``push_to_hub`` writes to: ``hub_model_id``, else the name of output_dir (as Trainer does)."""
+        return self.config.hub_model_id or Path(self.config.output_dir).resolve().name
+
+    def push_to_hub(self, commit_message: str = "Meta-trained with hf-metatransfer", ignore_patterns: tuple = ()):
+        """Upload output_dir (the model and whatever was written beside it: card, results), without checkpoints,
+        ``best/`` or the workers' private files, from the main process (others return None; ``train`` already
+        ended the process group, so nothing waits here); retried, the local folder left intact."""
+        from ..hub.publish import DEFAULT_IGNORE, push_folder
+
+        return push_folder(self.config.output_dir, self.hub_model_id, private=self.config.hub_private_repo,
+                           commit_message=commit_message,
+                           ignore_patterns=[*DEFAULT_IGNORE, ".partial-checkpoint-*", "best/**", *ignore_patterns])  # fmt: skip
 
     def save_checkpoint(self) -> Path:
-        folder = Path(self.config.output_dir) / f"checkpoint-{self.state.step}"
-        self.accelerator.save_state(str(folder))  # optimizer, scheduler, RNG states
-        self.save_model(folder)
+        """``checkpoint-<step>``: weights, optimizer, scheduler, RNG and loop state, written whole or not at all
+        (into a hidden folder, renamed when complete), then the oldest beyond ``save_total_limit`` removed."""
+        out = Path(self.config.output_dir)
+        final, partial = out / f"checkpoint-{self.state.step}", out / f".partial-checkpoint-{self.state.step}"
         if self.accelerator.is_main_process:
-            (folder / TRAINER_STATE).write_text(json.dumps(asdict(self.state), indent=2))
-            self._rotate_checkpoints()
+            shutil.rmtree(partial, ignore_errors=True)
         self.accelerator.wait_for_everyone()
-        return folder
+        self.accelerator.save_state(str(partial))  # optimizer, scheduler, every process's RNG states
+        self.save_model(partial)
+        if self.accelerator.is_main_process:
+            (partial / TRAINER_STATE).write_text(json.dumps(asdict(self.state), indent=2))
+            shutil.rmtree(final, ignore_errors=True)
+            partial.rename(final)
+            if self.config.save_total_limit > 0:
+                for old in self.checkpoints()[: -self.config.save_total_limit]:
+                    shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        return final
 
-    def _rotate_checkpoints(self) -> None:
-        checkpoints = sorted(Path(self.config.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-        for old in checkpoints[: max(0, len(checkpoints) - self.config.save_total_limit)]:
-            shutil.rmtree(old, ignore_errors=True)
+    def checkpoints(self) -> list[Path]:
+        """The complete ``checkpoint-<step>`` folders of output_dir, oldest first; other folders are ignored."""
+        found = [(int(m.group(1)), p) for p in Path(self.config.output_dir).glob("checkpoint-*")
+                 if (m := _CHECKPOINT.fullmatch(p.name)) and (p / TRAINER_STATE).exists()]  # fmt: skip
+        return [p for _, p in sorted(found)]
 
     def _resolve_checkpoint(self, path: str) -> Path:
         if path != "last":
             return Path(path)
-        checkpoints = sorted(Path(self.config.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-        if not checkpoints:
-            raise FileNotFoundError(f"No checkpoint-* folder in {self.config.output_dir} to resume from.")
-        return checkpoints[-1]
+        complete = self.checkpoints()
+        if not complete:
+            raise FileNotFoundError(f"No complete checkpoint-<step> folder in {self.config.output_dir} to resume "
+                                    "from: drop resume_from_checkpoint to start a new run.")  # fmt: skip
+        logger.warning("Resuming from %s, the newest complete checkpoint in %s.", complete[-1].name,
+                       self.config.output_dir)  # fmt: skip
+        return complete[-1]
+
+    @staticmethod
+    def _read_state(folder: Path) -> MetaTrainerState:
+        try:
+            return MetaTrainerState(**json.loads((folder / TRAINER_STATE).read_text()))
+        except (OSError, ValueError, TypeError) as error:
+            raise ValueError(f"{folder / TRAINER_STATE} is unreadable ({error}): resume from another checkpoint "
+                             "or start a new run.") from error  # fmt: skip
+
+    def _check_compatible(self, folder: Path) -> None:
+        """Resuming continues the same run: the algorithm, fast weights and parameter shapes must match."""
+        saved = json.loads((folder / CONFIG_FILE).read_text()) if (folder / CONFIG_FILE).exists() else {}
+        for key in ("algorithm", "fast_weights", "projection_dim", "task_loss"):
+            if key in saved and saved[key] != getattr(self.config, key):
+                raise ValueError(f"{folder} was written by a run with {key}={saved[key]!r}; this run has "
+                                 f"{key}={getattr(self.config, key)!r}. Resume with the same {key}, or start a new "
+                                 "run in another output_dir (or with overwrite_output_dir).")  # fmt: skip
+        params = dict(self.accelerator.unwrap_model(self.model).named_parameters())
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as weights:
+            for name in weights.keys():
+                shape = tuple(weights.get_slice(name).get_shape())
+                if name in params and tuple(params[name].shape) != shape:
+                    raise ValueError(f"{folder}: {name} has shape {shape} in the checkpoint and "
+                                     f"{tuple(params[name].shape)} in this model (another head size?). Resume "
+                                     "with the checkpoint's model, or start a new run.")  # fmt: skip
 
     def load_checkpoint(self, folder: Path) -> None:
         """Weights (safetensors), optimizer, scheduler, RNG and loop state: the run continues as if uninterrupted."""
         if not (folder / TRAINER_STATE).exists():
-            raise FileNotFoundError(f"{folder} is not a MetaTrainer checkpoint (no {TRAINER_STATE}).")
-        weights = load_file(str(folder / "model.safetensors"), device=str(self.accelerator.device))
+            raise FileNotFoundError(f"{folder} is not a complete MetaTrainer checkpoint (no {TRAINER_STATE}).")
+        state = self._read_state(folder)
+        self._check_compatible(folder)
+        weights = load_file(str(folder / "model.safetensors"))  # copied onto each parameter's device below
         missing, unexpected = self.accelerator.unwrap_model(self.model).load_state_dict(weights, strict=False)
         if unexpected or any(n for n in missing if n in dict(self.model.named_parameters())):
             logger.info("checkpoint load: missing %s, unexpected %s", missing, unexpected)
         if (folder / ALGORITHM_STATE).exists():
-            self.algorithm.load_state_dict(load_file(str(folder / ALGORITHM_STATE), device=str(self.accelerator.device)))
+            self.algorithm.load_state_dict(load_file(str(folder / ALGORITHM_STATE)))
         self.accelerator.load_state(str(folder))
-        self.state = MetaTrainerState(**json.loads((folder / TRAINER_STATE).read_text()))
+        self.state = state
         logger.info("Resumed from %s at step %d", folder, self.state.step)
 
 
@@ -299,6 +439,45 @@ def load_algorithm_state(algorithm: MetaAlgorithm, source: str | Path, **hub_kwa
             return False
     algorithm.load_state_dict(load_file(path))
     return True
+
+
+def _cpu_distributed() -> bool:
+    """Several processes (torchrun, accelerate launch) and no GPU: accelerate (1.15) joins the process group on
+    CPU only when asked to; otherwise every rank would run the whole job as the main process (pitfalls)."""
+    has_accelerator = torch.cuda.is_available() or (hasattr(torch, "accelerator") and torch.accelerator.is_available())
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_accelerator
+
+
+def _join_restarted_process_group() -> None:
+    """After a torchrun elastic restart, join the process group through a store prefix of this attempt's own: the
+    default keys still hold the killed attempt's addresses, and gloo then dials dead ports (seen on torch 2.13)."""
+    import torch.distributed as dist
+
+    restart, world = (int(os.environ.get(k, d)) for k, d in (("TORCHELASTIC_RESTART_COUNT", "0"), ("WORLD_SIZE", "1")))
+    if not restart or world < 2 or not dist.is_available() or dist.is_initialized():
+        return
+    rank = int(os.environ["RANK"])
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=not agent_store and rank == 0, multi_tenant=not agent_store)  # fmt: skip
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend, store=dist.PrefixStore(f"hf_metatransfer/attempt-{restart}", store), rank=rank,
+                            world_size=world)  # fmt: skip
+
+
+def _refuse_parameter_sharding() -> None:
+    """FSDP and DeepSpeed shard parameters; the meta loop's fast weights need every process to hold them whole."""
+    for variable, engine in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if os.environ.get(variable, "false").lower() == "true":
+            raise ValueError(
+                f"MetaTrainer does not run under {engine}: it is data-parallel over tasks, each process adapting "
+                "the whole model (torch.func fast weights) to its share of the meta-batch, so parameter sharding "
+                "cannot serve it. Launch it with recipes/accelerate_configs/multi_gpu.yaml or multi_node.yaml; to "
+                "fit a bigger model use LoRA fast weights (fast_weights='lora') and bf16. The FSDP and DeepSpeed "
+                "configs are for the finetune recipe (transformers Trainer)."
+            )
 
 
 def _eager_attention(model: nn.Module) -> None:
