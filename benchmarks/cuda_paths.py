@@ -162,7 +162,9 @@ def second_order(out: str) -> dict:
         if fast == "lora":
             model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"],
                                                      modules_to_save=["classifier"]))  # fmt: skip
-        t = trainer(model, out, algorithm="maml", fast_weights=fast, inner_steps=1, inner_lr=0.05, batch_tasks=False)
+        t = trainer(
+            model, out, algorithm="maml", fast_weights=fast, inner_steps=1, inner_lr=0.05, batch_tasks=False
+        )
         t.meta_step(0)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -201,7 +203,20 @@ def translation(out: str, tokenizer_path: str | None) -> dict:
         raise RuntimeError("--smollm2-tokenizer is needed for the translation section")
     tokenizer = T.AutoTokenizer.from_pretrained(tokenizer_path)
 
-    words = ["file", "user", "group", "name", "date", "time", "page", "list", "item", "field", "value", "error"]
+    words = [
+        "file",
+        "user",
+        "group",
+        "name",
+        "date",
+        "time",
+        "page",
+        "list",
+        "item",
+        "field",
+        "value",
+        "error",
+    ]
     rows = [{"source": f"{a} {b} {i}", "target": f"{b.upper()} {a.upper()} {i}", "source_lang": "en",
              "target_lang": lang, "id": f"{a}{b}{i}"}
             for lang in ("de", "fr", "nl", "sv") for i in range(8) for a in words[:6] for b in words[6:]]  # fmt: skip
@@ -259,14 +274,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=None, help="Also write the JSON object here.")
     parser.add_argument("--smollm2-tokenizer", default=None, help="Folder with SmolLM2's tokenizer files.")
-    parser.add_argument("--sections", nargs="+", default=["meta_steps", "second_order", "translation", "finetune"])
+    parser.add_argument(
+        "--sections", nargs="+", default=["meta_steps", "second_order", "translation", "finetune"]
+    )
     parser.add_argument("--meta-batch", type=int, default=META_BATCH, help="Tasks a meta-step in meta_steps.")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("No CUDA device: this benchmark checks the GPU paths (the CPU ones have their own).")
     import transformers
 
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "transformers": transformers.__version__}
+    report = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
     sections = {"meta_steps": lambda out: meta_steps(out, args.meta_batch), "second_order": second_order,
                 "finetune": finetune,
                 "translation": lambda out: translation(out, args.smollm2_tokenizer)}  # fmt: skip
@@ -276,7 +297,10 @@ def main(argv: list[str] | None = None) -> dict:
             try:
                 report[name] = sections[name](out)
             except Exception as error:  # noqa: BLE001 - one broken path must not hide the others
-                report[name] = {"error": f"{type(error).__name__}: {error}"[:500], "trace": traceback.format_exc()[-1500:]}
+                report[name] = {
+                    "error": f"{type(error).__name__}: {error}"[:500],
+                    "trace": traceback.format_exc()[-1500:],
+                }
             report[name + "_seconds"] = round(time.perf_counter() - start, 1)
             print(name, json.dumps(report[name])[:2000], flush=True)
     if args.out:

@@ -135,28 +135,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; its defaults are :class:`LpftShiftArguments`' (one place for both)."""
     d = LpftShiftArguments()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (one run of each method per seed)")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (one run of each method per seed)"
+    )
     p.add_argument("--shots", type=int, default=d.lpft_shots, help="English training rows per intent")
     p.add_argument("--id-test", type=int, default=d.id_test, help="held-out English test rows (per seed)")
     p.add_argument("--ood-langs", nargs="+", default=d.ood_langs)
     p.add_argument("--ood-per-lang", type=int, default=d.ood_per_lang, help="OOD test rows per language")
-    p.add_argument("--min-id-test", type=int, default=d.min_id_test, help="an intent needs shots + this many English rows")
-    p.add_argument("--min-ood-per-intent", type=int, default=d.min_ood_per_intent,
-                   help="... and this many rows in every OOD language")
-    p.add_argument("--cap-per-intent", type=int, default=200, help="load_ha_intents cap per language and intent")
-    p.add_argument("--epochs", type=float, default=d.lpft_epochs, help="epochs of FT (and of the FT phase of LP-FT)")
+    p.add_argument(
+        "--min-id-test",
+        type=int,
+        default=d.min_id_test,
+        help="an intent needs shots + this many English rows",
+    )
+    p.add_argument(
+        "--min-ood-per-intent",
+        type=int,
+        default=d.min_ood_per_intent,
+        help="... and this many rows in every OOD language",
+    )
+    p.add_argument(
+        "--cap-per-intent", type=int, default=200, help="load_ha_intents cap per language and intent"
+    )
+    p.add_argument(
+        "--epochs", type=float, default=d.lpft_epochs, help="epochs of FT (and of the FT phase of LP-FT)"
+    )
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate of FT, and of LP-FT's FT phase")
-    p.add_argument("--lpft-lr", type=float, default=d.lpft_lr, help="a different learning rate for LP-FT's FT phase")
-    p.add_argument("--warmup", type=float, default=d.lpft_warmup, help="warmup: steps, or a fraction of them if < 1")
+    p.add_argument(
+        "--lpft-lr", type=float, default=d.lpft_lr, help="a different learning rate for LP-FT's FT phase"
+    )
+    p.add_argument(
+        "--warmup", type=float, default=d.lpft_warmup, help="warmup: steps, or a fraction of them if < 1"
+    )
     p.add_argument("--weight-decay", type=float, default=d.lpft_weight_decay)
     p.add_argument("--batch-size", type=int, default=d.lpft_batch_size)
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     p.add_argument("--max-length", type=int, default=32)
-    p.add_argument("--pooling", choices=("mean", "pooler"), default=d.pooling,
-                   help="mean: head on mean-pooled states; pooler: AutoModelForSequenceClassification (random pooler)")
-    p.add_argument("--train-word-embeddings", action="store_true", help="do not freeze the 96M word embeddings")
-    p.add_argument("--threads", type=int, default=1, help="torch and BLAS threads (1 is fastest on shared cores)")
-    p.add_argument("--per-seed-json", action="store_true", help="include every seed's runs and data rows in the JSON")
+    p.add_argument(
+        "--pooling",
+        choices=("mean", "pooler"),
+        default=d.pooling,
+        help="mean: head on mean-pooled states; pooler: AutoModelForSequenceClassification (random pooler)",
+    )
+    p.add_argument(
+        "--train-word-embeddings", action="store_true", help="do not freeze the 96M word embeddings"
+    )
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch and BLAS threads (1 is fastest on shared cores)"
+    )
+    p.add_argument(
+        "--per-seed-json", action="store_true", help="include every seed's runs and data rows in the JSON"
+    )
     return p.parse_args(argv)
 
 

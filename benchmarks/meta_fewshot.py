@@ -124,7 +124,9 @@ def run_setfit(method: SetFitMethod, builder, episodes, name: str = "setfit") ->
         pred = method.adapt_and_predict(support, episode.support_labels.tolist(), query)
         seconds += time.perf_counter() - start
         accuracies.append(float((torch.tensor(pred) == torch.as_tensor(episode.query_labels)).float().mean()))
-        logging.info("setfit episode %d/%d: %.3f (%.1fs)", i + 1, len(episodes), accuracies[-1], seconds / (i + 1))
+        logging.info(
+            "setfit episode %d/%d: %.3f (%.1fs)", i + 1, len(episodes), accuracies[-1], seconds / (i + 1)
+        )
     mean, half = confidence_interval(accuracies)
     return MetaTestResult(name, mean, half, seconds / max(len(episodes), 1), len(episodes), accuracies)
 
@@ -150,7 +152,9 @@ def targets(rows: dict[str, MetaTestResult], meta_names: list[str]) -> dict:
     sub = rows.get(f"{best} @subset")
     out: dict = {"best_meta": best}
     if "nearest-centroid" in rows:
-        out["margin_vs_nearest_centroid_pts"] = round(100 * (rows[best].accuracy - rows["nearest-centroid"].accuracy), 2)
+        out["margin_vs_nearest_centroid_pts"] = round(
+            100 * (rows[best].accuracy - rows["nearest-centroid"].accuracy), 2
+        )
         out["paired_vs_nearest_centroid_pts"] = paired_points(rows[best], rows["nearest-centroid"])
         out["beats_nearest_centroid_by_3pts"] = out["margin_vs_nearest_centroid_pts"] >= 3.0
     for slow, key in (("setfit", "setfit"), ("fine-tuning", "fine_tuning"), ("lp-ft", "lp_ft")):
@@ -210,7 +214,9 @@ def main(args: argparse.Namespace) -> dict:
                                                           prefix=prefix), tokenizer.pad_token_id))  # fmt: skip
 
     def load_model() -> nn.Module:
-        return MeanPoolBertForSequenceClassification.from_pretrained(path, num_labels=args.n_way, use_safetensors=True)
+        return MeanPoolBertForSequenceClassification.from_pretrained(
+            path, num_labels=args.n_way, use_safetensors=True
+        )
 
     def test_sampler(setting: str, seed: int):
         if setting == "monolingual":
@@ -252,7 +258,10 @@ def main(args: argparse.Namespace) -> dict:
 
     frozen = load_model()
     baselines = {"nearest-centroid": NearestCentroid(), "linear-probe": LinearProbe()}
-    slow = {"fine-tuning": FineTune(steps=args.ft_steps, lp_ft=False), "lp-ft": FineTune(steps=args.ft_steps, lp_ft=True)}
+    slow = {
+        "fine-tuning": FineTune(steps=args.ft_steps, lp_ft=False),
+        "lp-ft": FineTune(steps=args.ft_steps, lp_ft=True),
+    }
     setfit = None if args.no_setfit else SetFitMethod(path, prefix, args.max_length, args.setfit_iterations,
                                                       args.setfit_epochs, 16, args.seed)  # fmt: skip
     for s in settings:
@@ -311,12 +320,25 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=32)
     p.add_argument("--episodes", type=int, default=200, help="Test episodes a setting (cheap methods).")
     p.add_argument("--slow-episodes", type=int, default=20, help="FT, LP-FT and SetFit: the first this many.")
-    p.add_argument("--algorithms", nargs="+", default=["protonets"], help="Meta-learners, e.g. protonets anil.")
-    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS,
-                   help="Test settings; one a process runs them in parallel (with --threads 1).")
-    p.add_argument("--projection-dim", type=int, default=0, help="ProtoNets: a learned projection of this size.")
-    p.add_argument("--train-mode", default="matched", choices=("matched", "monolingual", "cross-lingual", "classes"),
-                   help="Meta-training episodes; matched: one meta-learner a setting, on episodes of its kind.")
+    p.add_argument(
+        "--algorithms", nargs="+", default=["protonets"], help="Meta-learners, e.g. protonets anil."
+    )
+    p.add_argument(
+        "--settings",
+        nargs="+",
+        default=list(SETTINGS),
+        choices=SETTINGS,
+        help="Test settings; one a process runs them in parallel (with --threads 1).",
+    )
+    p.add_argument(
+        "--projection-dim", type=int, default=0, help="ProtoNets: a learned projection of this size."
+    )
+    p.add_argument(
+        "--train-mode",
+        default="matched",
+        choices=("matched", "monolingual", "cross-lingual", "classes"),
+        help="Meta-training episodes; matched: one meta-learner a setting, on episodes of its kind.",
+    )
     p.add_argument("--meta-steps", type=int, default=60)
     p.add_argument("--meta-batch-size", type=int, default=4)
     p.add_argument("--outer-lr", type=float, default=2e-5)

@@ -40,7 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    p.add_argument("--algorithm", default="fomaml", help="Meta-learning algorithm (MetaTrainingConfig.algorithm).")
+    p.add_argument(
+        "--algorithm", default="fomaml", help="Meta-learning algorithm (MetaTrainingConfig.algorithm)."
+    )
     p.add_argument("--steps", type=int, default=8, help="Meta-steps of each run (the first is warm-up).")
     p.add_argument("--meta-batch", type=int, default=8, help="Tasks a meta-step, over all processes.")
     p.add_argument("--worker", metavar="OUT_DIR", help=argparse.SUPPRESS)

@@ -139,7 +139,9 @@ def memory_child(kind: str, threads: int) -> dict:
         model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=8, target_modules=["query", "value"]))
         fast = "lora"
     with tempfile.TemporaryDirectory() as out:
-        trainer = make_trainer(model, "maml", sampler, collate, out, inner_steps=1, inner_lr=0.01, fast_weights=fast)
+        trainer = make_trainer(
+            model, "maml", sampler, collate, out, inner_steps=1, inner_lr=0.01, fast_weights=fast
+        )
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         start = time.perf_counter()
         logs = trainer.meta_step(0)
@@ -155,7 +157,14 @@ def memory_child(kind: str, threads: int) -> dict:
 def memory(args) -> dict:
     out = {}
     for kind in ("lora", "all"):
-        cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", kind, "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--memory-child",
+            kind,
+            "--threads",
+            str(args.threads),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
             out[kind] = {"error": done.stderr[-1500:]}
@@ -166,16 +175,22 @@ def memory(args) -> dict:
         # the set-up (data, model) can leave a higher peak than a small step: the increment is then 0, the ratio None
         lora_increment = out["lora"]["peak_rss_mb"] - out["lora"]["before_step_mb"]
         out["all_over_lora_step_increment"] = (
-            (out["all"]["peak_rss_mb"] - out["all"]["before_step_mb"]) / lora_increment if lora_increment >= 1 else None
+            (out["all"]["peak_rss_mb"] - out["all"]["before_step_mb"]) / lora_increment
+            if lora_increment >= 1
+            else None
         )
     return out
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=3, help="Timed repeats per mode (interleaved), after a warm-up.")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="Timed repeats per mode (interleaved), after a warm-up."
+    )
     parser.add_argument("--steps", type=int, default=1, help="Meta-steps per repeat.")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (all measurements).")
+    parser.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="torch threads (all measurements)."
+    )
     parser.add_argument("--algorithms", nargs="+", default=["fomaml", "protonets"])
     parser.add_argument("--attn", default="sdpa", help="Attention implementation for the throughput runs.")
     parser.add_argument("--peak-repeats", type=int, default=7, help="2048^3 matmuls timed for the fp32 peak.")
@@ -219,8 +234,10 @@ def main(argv: list[str] | None = None) -> dict:
         peak2, peak_times2 = matmul_peak(args.peak_repeats)
         results["matmul_peak_gflop_per_s"] = {"before": peak / 1e9, "after": peak2 / 1e9,
                                               "times_s": peak_times + peak_times2}  # fmt: skip
-        print(f"fp32 2048^3 matmul peak: {peak / 1e9:.1f} GFLOP/s (before), {peak2 / 1e9:.1f} GFLOP/s (after); "
-              "fractions use 'before'")
+        print(
+            f"fp32 2048^3 matmul peak: {peak / 1e9:.1f} GFLOP/s (before), {peak2 / 1e9:.1f} GFLOP/s (after); "
+            "fractions use 'before'"
+        )
     if not args.skip_memory:
         mem = memory(args)
         results["maml_memory"] = mem

@@ -74,9 +74,15 @@ def paired(results: dict) -> dict:
             continue
         out[label] = {}
         for k in results[a]:
-            diffs = [x["chrf"] - y["chrf"] for x, y in zip(results[a][k]["per_task"], results[b][k]["per_task"])]
+            diffs = [
+                x["chrf"] - y["chrf"] for x, y in zip(results[a][k]["per_task"], results[b][k]["per_task"])
+            ]
             mean, half = confidence_interval(diffs)
-            out[label][k] = {"chrf": round(mean, 2), "chrf_ci95": round(half, 2), "per_task": [round(d, 2) for d in diffs]}
+            out[label][k] = {
+                "chrf": round(mean, 2),
+                "chrf_ci95": round(half, 2),
+                "per_task": [round(d, 2) for d in diffs],
+            }
     return out
 
 

@@ -6,16 +6,34 @@ import importlib
 import sys
 
 RECIPES = {
-    "quickstart": ("quickstart", "The main job: meta-train, meta-test against baselines, plot and card, offline."),
-    "finetune": ("finetune", "Fine-tune a Hub checkpoint with LP-FT, layer-wise LR, unfreezing, surgical, re-init."),
-    "meta-train": ("meta_train", "Meta-train (MAML, FOMAML, Reptile, ANIL, ProtoNets, Meta-SGD), then meta-test."),
-    "meta-test": ("meta_test", "Meta-test a meta-learned model against the baselines on the same (saved) episodes."),
-    "lecture": ("lecture", "The lecture's experiments: tiny-K meta-learning, scratch, surgical, self-pre-training."),
+    "quickstart": (
+        "quickstart",
+        "The main job: meta-train, meta-test against baselines, plot and card, offline.",
+    ),
+    "finetune": (
+        "finetune",
+        "Fine-tune a Hub checkpoint with LP-FT, layer-wise LR, unfreezing, surgical, re-init.",
+    ),
+    "meta-train": (
+        "meta_train",
+        "Meta-train (MAML, FOMAML, Reptile, ANIL, ProtoNets, Meta-SGD), then meta-test.",
+    ),
+    "meta-test": (
+        "meta_test",
+        "Meta-test a meta-learned model against the baselines on the same (saved) episodes.",
+    ),
+    "lecture": (
+        "lecture",
+        "The lecture's experiments: tiny-K meta-learning, scratch, surgical, self-pre-training.",
+    ),
     "fewshot-translation": (
         "fewshot_translation",
         "Few-shot translation into held-out languages: zero-shot, in-context, LoRA, meta-learned LoRA.",
     ),
-    "publish": ("publish", "Publish an output folder (model, card, config, results) to a Hub repo, with retries."),
+    "publish": (
+        "publish",
+        "Publish an output folder (model, card, config, results) to a Hub repo, with retries.",
+    ),
 }
 
 
@@ -23,7 +41,10 @@ def usage() -> str:
     lines = ["usage: hf-metatransfer <recipe> [--config x.yaml] [options]", "", "recipes:"]
     width = max(map(len, RECIPES))
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in RECIPES.items()]
-    lines += ["", "`hf-metatransfer <recipe> --help` lists the options of a recipe; YAML keys are the same names."]
+    lines += [
+        "",
+        "`hf-metatransfer <recipe> --help` lists the options of a recipe; YAML keys are the same names.",
+    ]
     return "\n".join(lines)
 
 

@@ -49,9 +49,12 @@ def parse_args(dataclass_types: tuple[type, ...], argv: list[str] | None = None)
         unknown = [k for k in data if k not in known]
         if unknown:
             hints = "; ".join(
-                f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, 1)) else "")
+                f"{k!r}"
+                + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, 1)) else "")
                 for k in unknown
             )
-            raise SystemExit(f"Unknown strategy or option in {path}: {hints}. Run with --help for every option.")
+            raise SystemExit(
+                f"Unknown strategy or option in {path}: {hints}. Run with --help for every option."
+            )
         argv = yaml_to_argv(data) + argv
     return HfArgumentParser(dataclass_types).parse_args_into_dataclasses(args=argv)

@@ -191,9 +191,7 @@ def _unmappable(model: nn.Module, why: str) -> LayerMapError:
     )
 
 
-def build_layer_map(
-    model: nn.Module, spec: LayerMapSpec | ParamClassifier | None = None
-) -> LayerMap:
+def build_layer_map(model: nn.Module, spec: LayerMapSpec | ParamClassifier | None = None) -> LayerMap:
     """Map every trainable-or-not parameter of ``model`` (names as ``model.named_parameters()`` gives them).
 
     Works on any transformers model and on a ``PeftModel`` wrapping one: PEFT's LoRA matrices join the block they
@@ -287,7 +285,9 @@ def _map_from_classifier(
         elif kind == EMBEDDINGS:
             names_by_depth[0].append(name)
         else:
-            raise ValueError(f"Mapping returned unknown kind {kind!r} for {name!r}: use 'embeddings', 'block' or 'head'.")
+            raise ValueError(
+                f"Mapping returned unknown kind {kind!r} for {name!r}: use 'embeddings', 'block' or 'head'."
+            )
     return _assemble(names_by_depth, len(indices), type(unwrap_model(model)).__name__)
 
 

@@ -90,8 +90,13 @@ def layerwise_param_groups(
     return groups
 
 
-def trainable_depths(layer_map: LayerMap, *, unfrozen_from_top: int | None = None,
-                     blocks: Iterable[int] = (), head: bool = True) -> set[int]:
+def trainable_depths(
+    layer_map: LayerMap,
+    *,
+    unfrozen_from_top: int | None = None,
+    blocks: Iterable[int] = (),
+    head: bool = True,
+) -> set[int]:
     """Depths that train: the top ``unfrozen_from_top`` groups (head counts as one), or chosen block indices."""
     if unfrozen_from_top is not None:
         top = layer_map.top_depth

@@ -76,23 +76,32 @@ class TranslationArguments:
         default_factory=lambda: ["de", "fr", "es", "it"], metadata={"help": "Held-out target languages."}
     )
     train_languages: list[str] | None = field(
-        default=None, metadata={"help": "Meta-training target languages (default: every other one in the data)."}
+        default=None,
+        metadata={"help": "Meta-training target languages (default: every other one in the data)."},
     )
-    k_shots: list[int] = field(default_factory=lambda: [8, 32], metadata={"help": "K support pairs a test task."})
+    k_shots: list[int] = field(
+        default_factory=lambda: [8, 32], metadata={"help": "K support pairs a test task."}
+    )
     q_query: int = field(default=16, metadata={"help": "Query pairs a task (translated and scored)."})
     tasks_per_language: int = field(default=1, metadata={"help": "Test tasks a held-out language."})
     meta_k_support: int = field(default=8, metadata={"help": "Support pairs a meta-training task."})
     meta_q_query: int = field(default=8, metadata={"help": "Query pairs a meta-training task."})
     methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={"help": f"Any of {METHODS}."})
-    adapt_steps: int = field(default=20, metadata={"help": "AdamW steps on the support pairs (fine-tuning, LoRA)."})
+    adapt_steps: int = field(
+        default=20, metadata={"help": "AdamW steps on the support pairs (fine-tuning, LoRA)."}
+    )
     adapt_lr: float = field(default=1e-3, metadata={"help": "LR of LoRA adaptation."})
     full_lr: float = field(default=3e-5, metadata={"help": "LR of full fine-tuning."})
     adapt_batch_size: int = field(default=8, metadata={"help": "Support pairs an adaptation step."})
-    layerwise_lr_decay: float = field(default=1.0, metadata={"help": "Layer-wise LR decay of adaptation (1: off)."})
+    layerwise_lr_decay: float = field(
+        default=1.0, metadata={"help": "Layer-wise LR decay of adaptation (1: off)."}
+    )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
     max_length: int = field(default=1024, metadata={"help": "Longest prompt + target in tokens."})
-    max_target_length: int = field(default=48, metadata={"help": "Longest target (and generation) in tokens."})
+    max_target_length: int = field(
+        default=48, metadata={"help": "Longest target (and generation) in tokens."}
+    )
     generation_batch_size: int = field(default=16, metadata={"help": "Sentences translated at once."})
     num_beams: int = field(default=1, metadata={"help": "Beam search width (1: greedy)."})
 
@@ -108,7 +117,9 @@ def load_parallel(args: TranslationArguments) -> datasets.Dataset:
         data = datasets.load_dataset(args.dataset_name, data_files=args.data_files, split="train")
     if args.max_pair_chars:
         limit = args.max_pair_chars
-        data = data.filter(lambda r: len(r["source"]) <= limit and len(r["target"]) <= limit, desc="Short pairs")
+        data = data.filter(
+            lambda r: len(r["source"]) <= limit and len(r["target"]) <= limit, desc="Short pairs"
+        )
     return data
 
 
@@ -151,7 +162,9 @@ def main(args: TranslationArguments, config: MetaTrainingConfig) -> dict:
     held_out = list(args.test_languages)
     present = sorted(set(data.unique("target_lang")))
     train = args.train_languages or [lang for lang in present if lang not in held_out]
-    splits = split_target_languages(data, explicit={"train": train, "test": held_out})  # refuses a shared language
+    splits = split_target_languages(
+        data, explicit={"train": train, "test": held_out}
+    )  # refuses a shared language
     logger.info("Meta-training target languages: %d; held out: %s", len(splits["train"]), ", ".join(held_out))
     by_k, texts = held_out_tasks(data, args, splits["test"], seed=config.seed + 2)
 
@@ -166,7 +179,9 @@ def main(args: TranslationArguments, config: MetaTrainingConfig) -> dict:
 
     def score(method_key: str, net, method) -> None:
         for k, tasks in by_k.items():
-            if method_key == "zero-shot" and method_key in results:  # no support used: the queries are the same
+            if (
+                method_key == "zero-shot" and method_key in results
+            ):  # no support used: the queries are the same
                 results[method_key][k] = next(iter(results[method_key].values()))
                 continue
             results.setdefault(method_key, {})[k] = evaluate_translation(
@@ -221,12 +236,16 @@ def main(args: TranslationArguments, config: MetaTrainingConfig) -> dict:
     return summary
 
 
-def summarise(args, config, results: dict[str, dict[int, TranslationResult]], meta_seconds: float | None) -> dict:
+def summarise(
+    args, config, results: dict[str, dict[int, TranslationResult]], meta_seconds: float | None
+) -> dict:
     return {
         "arguments": asdict(args),
         "meta_training": asdict(config),
         "meta_training_seconds": meta_seconds,
-        "results": {METHOD_NAMES[m]: {str(k): asdict(r) for k, r in by_k.items()} for m, by_k in results.items()},
+        "results": {
+            METHOD_NAMES[m]: {str(k): asdict(r) for k, r in by_k.items()} for m, by_k in results.items()
+        },
     }
 
 

@@ -37,9 +37,13 @@ EMBEDDED_MULTILINGUAL = "embedded-multilingual"
 class ModelArguments:
     model_name_or_path: str = field(
         default=EMBEDDED,
-        metadata={"help": "Hub id or local folder; 'embedded' is all-MiniLM-L6-v2 from its pip package (offline)."},
+        metadata={
+            "help": "Hub id or local folder; 'embedded' is all-MiniLM-L6-v2 from its pip package (offline)."
+        },
     )
-    revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit) of the model."})
+    revision: str = field(
+        default="main", metadata={"help": "Hub revision (branch, tag or commit) of the model."}
+    )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Run code from the model repository. Off unless you trust it."}
     )
@@ -49,22 +53,29 @@ class ModelArguments:
 class DataArguments:
     dataset_name: str = field(
         default="ha_intents",
-        metadata={"help": "Hub dataset id, 'json'/'csv'/'parquet' with --data_files, or 'ha_intents' (offline)."},
+        metadata={
+            "help": "Hub dataset id, 'json'/'csv'/'parquet' with --data_files, or 'ha_intents' (offline)."
+        },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
     data_files: list[str] | None = field(default=None, metadata={"help": "Local files for json/csv/parquet."})
-    languages: list[str] = field(default_factory=lambda: ["en"], metadata={"help": "Languages of ha_intents."})
+    languages: list[str] = field(
+        default_factory=lambda: ["en"], metadata={"help": "Languages of ha_intents."}
+    )
     text_column: str = field(default="text", metadata={"help": "Column with the input text."})
     label_column: str = field(default="label", metadata={"help": "Column with the class label."})
     train_examples_per_class: int = field(
-        default=16, metadata={"help": "Few-shot training: this many examples a class (0: the whole train split)."}
+        default=16,
+        metadata={"help": "Few-shot training: this many examples a class (0: the whole train split)."},
     )
     validation_examples_per_class: int = field(default=4, metadata={"help": "Validation examples a class."})
     max_test_examples: int = field(default=2000, metadata={"help": "Cap on test examples (0: all)."})
     max_length: int = field(default=64, metadata={"help": "Token length after truncation."})
     small_classes: str = field(
         default="drop",
-        metadata={"help": "A class with too few examples for the split: 'drop' it with a warning, or 'error'."},
+        metadata={
+            "help": "A class with too few examples for the split: 'drop' it with a warning, or 'error'."
+        },
     )
 
 
@@ -75,8 +86,14 @@ def load_splits(data: DataArguments, seed: int) -> datasets.DatasetDict:
 
         full = load_ha_intents(languages=data.languages)
     else:
-        loaded = datasets.load_dataset(data.dataset_name, data.dataset_config_name, data_files=data.data_files)
-        full = datasets.concatenate_datasets(list(loaded.values())) if len(loaded) > 1 else next(iter(loaded.values()))
+        loaded = datasets.load_dataset(
+            data.dataset_name, data.dataset_config_name, data_files=data.data_files
+        )
+        full = (
+            datasets.concatenate_datasets(list(loaded.values()))
+            if len(loaded) > 1
+            else next(iter(loaded.values()))
+        )
     for column in (data.text_column, data.label_column):
         if column not in full.column_names:
             raise ValueError(
@@ -98,7 +115,9 @@ def load_splits(data: DataArguments, seed: int) -> datasets.DatasetDict:
         test_idx += idx[n_train + k_val :].tolist()
     test_idx = rng.permutation(test_idx)[: data.max_test_examples or None].tolist()
     return datasets.DatasetDict(
-        train=full.select(sorted(train_idx)), validation=full.select(sorted(val_idx)), test=full.select(sorted(test_idx))
+        train=full.select(sorted(train_idx)),
+        validation=full.select(sorted(val_idx)),
+        test=full.select(sorted(test_idx)),
     )
 
 
@@ -121,8 +140,9 @@ def _drop_small_classes(full: datasets.Dataset, data: DataArguments) -> datasets
     new_id = {old: new for new, old in enumerate(kept)}
     names = [feature.names[i] for i in kept]
     full = full.filter(lambda b: [y in new_id for y in b], input_columns=data.label_column, batched=True)
-    full = full.map(lambda b: {data.label_column: [new_id[y] for y in b]}, input_columns=data.label_column,
-                    batched=True)
+    full = full.map(
+        lambda b: {data.label_column: [new_id[y] for y in b]}, input_columns=data.label_column, batched=True
+    )
     return full.cast_column(data.label_column, datasets.ClassLabel(names=names))
 
 
@@ -135,8 +155,9 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: FineTunin
         name = minilm_path()
     splits = load_splits(data_args, config.seed)
     label_feature = splits["train"].features[data_args.label_column]
-    tokenizer = AutoTokenizer.from_pretrained(name, revision=model_args.revision,
-                                              trust_remote_code=model_args.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(
+        name, revision=model_args.revision, trust_remote_code=model_args.trust_remote_code
+    )
     set_seed(config.seed)  # the new classification head is random: build it seeded, or two runs differ
     model = AutoModelForSequenceClassification.from_pretrained(
         name,

@@ -189,7 +189,9 @@ def lpft_shift(model_args: ModelArguments, lecture: LectureArguments,
 
     path = model_path(model_args)
     source = lecture.languages[0]
-    data = load_ha_intents([source, *args.ood_langs], cap_per_intent=lecture.cap_per_intent, slots=lecture.slots)
+    data = load_ha_intents(
+        [source, *args.ood_langs], cap_per_intent=lecture.cap_per_intent, slots=lecture.slots
+    )
     tokenizer = AutoTokenizer.from_pretrained(path, revision=model_args.revision)
     result = run_lpft_shift(lpft_model_loader(path, args.pooling, model_args.revision), data, tokenizer, args, seeds=lecture.seeds,
                             source_language=source, max_length=lecture.max_length,
@@ -238,7 +240,14 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     return strip(result)
 
 
-ARGUMENTS = (ModelArguments, LectureArguments, TinyKArguments, SizesArguments, SurgicalArguments, LpftShiftArguments)
+ARGUMENTS = (
+    ModelArguments,
+    LectureArguments,
+    TinyKArguments,
+    SizesArguments,
+    SurgicalArguments,
+    LpftShiftArguments,
+)
 
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:

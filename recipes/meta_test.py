@@ -40,17 +40,26 @@ logger = logging.getLogger("hf_metatransfer.meta_test")
 @dataclass
 class MetaTestArguments:
     baseline_model_name_or_path: str = field(
-        default=EMBEDDED, metadata={"help": "The base encoder the baselines adapt ('embedded': all-MiniLM-L6-v2)."}
+        default=EMBEDDED,
+        metadata={"help": "The base encoder the baselines adapt ('embedded': all-MiniLM-L6-v2)."},
     )
     episodes: str | None = field(
         default=None,
-        metadata={"help": "Saved test episodes: a folder (save_to_disk) or a Hub dataset repo; default: new ones."},
+        metadata={
+            "help": "Saved test episodes: a folder (save_to_disk) or a Hub dataset repo; default: new ones."
+        },
     )
-    results_dir: str = field(default="outputs/meta_test", metadata={"help": "Where results.json and the plot go."})
+    results_dir: str = field(
+        default="outputs/meta_test", metadata={"help": "Where results.json and the plot go."}
+    )
 
 
 def load_episodes(source: str) -> list:
-    data = datasets.load_from_disk(source) if os.path.isdir(source) else datasets.load_dataset(source, split="train")
+    data = (
+        datasets.load_from_disk(source)
+        if os.path.isdir(source)
+        else datasets.load_dataset(source, split="train")
+    )
     return episodes_from_dataset(data)
 
 
@@ -71,7 +80,11 @@ def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingC
     algorithm = build_algorithm(config.algorithm, **config.algorithm_kwargs())
     algorithm.setup(model)
     if load_algorithm_state(algorithm, setup.name, revision=model_args.revision):
-        logger.info("Loaded the meta-learned state of %s (inner LRs or projection) from %s.", config.algorithm, setup.name)
+        logger.info(
+            "Loaded the meta-learned state of %s (inner LRs or projection) from %s.",
+            config.algorithm,
+            setup.name,
+        )
     baseline_name, _, _ = resolve_model(test.baseline_model_name_or_path)
     out = Path(test.results_dir)
     out.mkdir(parents=True, exist_ok=True)

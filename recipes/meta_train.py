@@ -53,9 +53,12 @@ BASELINES = {
 
 @dataclass
 class EpisodeArguments:
-    languages: list[str] = field(default_factory=lambda: ["en"], metadata={"help": "Languages of ha_intents."})
+    languages: list[str] = field(
+        default_factory=lambda: ["en"], metadata={"help": "Languages of ha_intents."}
+    )
     validation_languages: list[str] | None = field(
-        default=None, metadata={"help": "Held out from meta-training, for meta-validation (with test_languages)."}
+        default=None,
+        metadata={"help": "Held out from meta-training, for meta-validation (with test_languages)."},
     )
     test_languages: list[str] | None = field(
         default=None,
@@ -63,23 +66,34 @@ class EpisodeArguments:
                           "split on top of the class-disjoint one (the rest of `languages` meta-trains)."},
     )  # fmt: skip
     mode: str = field(default="classes", metadata={"help": "'classes', 'monolingual' or 'cross-lingual'."})
-    support_languages: list[str] | None = field(default=None, metadata={"help": "Cross-lingual: support side."})
+    support_languages: list[str] | None = field(
+        default=None, metadata={"help": "Cross-lingual: support side."}
+    )
     query_languages: list[str] | None = field(default=None, metadata={"help": "Cross-lingual: query side."})
     n_way: int = field(default=5, metadata={"help": "Classes an episode (N)."})
     k_shot: int = field(default=5, metadata={"help": "Support examples a class (K)."})
     q_query: int = field(default=10, metadata={"help": "Query examples a class (Q)."})
-    class_ratios: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2], metadata={"help": "Class split."})
-    cap_per_intent: int = field(default=200, metadata={"help": "Sentences a (language, intent) from the templates."})
+    class_ratios: list[float] = field(
+        default_factory=lambda: [0.6, 0.2, 0.2], metadata={"help": "Class split."}
+    )
+    cap_per_intent: int = field(
+        default=200, metadata={"help": "Sentences a (language, intent) from the templates."}
+    )
     slots: str = field(default="fill", metadata={"help": "Slot placeholders: 'fill', 'strip' or 'keep'."})
     max_length: int = field(default=32, metadata={"help": "Token length after truncation."})
-    test_episodes: int = field(default=100, metadata={"help": "Meta-test episodes (the same for every method)."})
+    test_episodes: int = field(
+        default=100, metadata={"help": "Meta-test episodes (the same for every method)."}
+    )
     slow_baseline_episodes: int = field(
         default=20,
-        metadata={"help": "Fine-tuning and LP-FT adapt on the first this many test episodes only (they are slow); "
-                  "the meta-learned model is scored on the same subset too."},
+        metadata={
+            "help": "Fine-tuning and LP-FT adapt on the first this many test episodes only (they are slow); "
+            "the meta-learned model is scored on the same subset too."
+        },
     )
     baselines: list[str] = field(
-        default_factory=lambda: list(BASELINES), metadata={"help": f"Non-meta baselines, of {list(BASELINES)}."}
+        default_factory=lambda: list(BASELINES),
+        metadata={"help": f"Non-meta baselines, of {list(BASELINES)}."},
     )
     adapted_episodes: int = field(
         default=0,
@@ -138,7 +152,9 @@ def language_split(ep: EpisodeArguments) -> dict[str, list[str]] | None:
     held_out = set(validation) | set(ep.test_languages)
     unknown = sorted(held_out - set(ep.languages))
     if unknown:
-        raise ValueError(f"Held-out languages {unknown} are not in `languages` {ep.languages}: add them there.")
+        raise ValueError(
+            f"Held-out languages {unknown} are not in `languages` {ep.languages}: add them there."
+        )
     train = [lang for lang in ep.languages if lang not in held_out]
     if not train:
         raise ValueError(f"Every language of {ep.languages} is held out: nothing is left to meta-train on.")
@@ -213,7 +229,9 @@ def score_against_baselines(model, algorithm, meta_name: str, pretrained, test_e
         episodes = subset if baseline in SLOW_BASELINES else test_episodes
         rows.append(meta_test(pretrained, BASELINES[baseline](), episodes, collate, name=baseline))
     if slow and len(subset) < len(test_episodes):
-        rows.append(meta_test(model, algorithm, subset, collate, name=f"{meta_name}, first {len(subset)} episodes"))
+        rows.append(
+            meta_test(model, algorithm, subset, collate, name=f"{meta_name}, first {len(subset)} episodes")
+        )
     held_out = "held-out intents" + (" in held-out languages" if ep.test_languages else "")
     print(f"\n{ep.n_way}-way {ep.k_shot}-shot, {len(test_episodes)} test episodes of {held_out} "
           f"({ep.mode}, {', '.join(episode_languages(test_episodes))})")  # fmt: skip
@@ -229,8 +247,10 @@ def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingC
     logging.basicConfig(level=logging.INFO)
     setup = setup_episodes(model_args, ep, config.seed)
     model = setup.load_model(model_args, ep.n_way, config.seed)
-    if ep.adapted_episodes and config.algorithm == "protonets" and not isinstance(
-        model, MeanPoolBertForSequenceClassification
+    if (
+        ep.adapted_episodes
+        and config.algorithm == "protonets"
+        and not isinstance(model, MeanPoolBertForSequenceClassification)
     ):
         raise ValueError(f"adapted_episodes with ProtoNets writes the prototypes into a head on the mean-pooled "
                          f"states; {type(model).__name__} has another head: use model_name_or_path "

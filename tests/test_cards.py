@@ -314,10 +314,20 @@ def test_protonets_card_snippet_embeds_with_the_learned_projection(hub, tmp_path
     data = MetaLearnedCardData(model_id="tester/protonets", algorithm="ProtoNets", n_way=3, k_shot=2,
                                projection_dim=4, adapted=["lights"])  # fmt: skip
     text = write_card(data, folder).read_text()
-    assert "learned linear projection to 4 dimensions" in text and "MeanPoolBertForSequenceClassification" in text
+    assert (
+        "learned linear projection to 4 dimensions" in text
+        and "MeanPoolBertForSequenceClassification" in text
+    )
     push_folder(folder, "tester/protonets", token=TOKEN, endpoint=hub.url)
 
-    texts = ["turn on the light", "lights on please", "what time is it", "tell me the time", "play music", "a song"]
+    texts = [
+        "turn on the light",
+        "lights on please",
+        "what time is it",
+        "tell me the time",
+        "play music",
+        "a song",
+    ]
     queries = ["switch the lamp on", "current time?"]
     scope = {"texts": texts, "label_ids": [0, 0, 1, 1, 2, 2]}
     exec(code_blocks(text, "python")[0].replace('["a new sentence"]', str(queries)), scope)

@@ -24,7 +24,9 @@ def test_two_processes_match_one_process_on_the_concatenated_batch(tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     _run([*torchrun, WORKER, str(two), "4"], tmp_path)
     a, b = load_file(one), load_file(two)
-    init = dict(__import__("tests.tiny_models", fromlist=["tiny_model"]).tiny_model("bert").named_parameters())
+    init = dict(
+        __import__("tests.tiny_models", fromlist=["tiny_model"]).tiny_model("bert").named_parameters()
+    )
     moved = [n for n in a if not torch.equal(a[n], init[n].detach())]
     assert len(moved) > len(a) // 2, "training moved the weights"
     for name in a:

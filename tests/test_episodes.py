@@ -78,8 +78,10 @@ def test_episode_of_seed_is_a_fixed_value_on_every_machine(builder):
     # The counter-based generator is pure integer arithmetic: these numbers are the same everywhere.
     keys = episode_keys(0, np.array([0, 1]), 3)
     assert keys.tolist() == episode_keys(0, np.array([0, 1]), 3).tolist()
-    assert without_replacement(keys, np.array([10, 10]), 3).tolist() == without_replacement(
-        episode_keys(0, np.array([0, 1]), 3), np.array([10, 10]), 3).tolist()
+    assert (
+        without_replacement(keys, np.array([10, 10]), 3).tolist()
+        == without_replacement(episode_keys(0, np.array([0, 1]), 3), np.array([10, 10]), 3).tolist()
+    )
 
 
 def test_sampling_without_replacement_is_uniform():
@@ -119,12 +121,16 @@ def test_monolingual_and_cross_lingual_episodes(ds, builder):
         assert set(lang[e.support]) == set(lang[e.query]) == {e.support_lang}
         seen.add(e.support_lang)
     assert seen == set(LANGS)
-    cross = builder.sampler(4, 2, 3, mode="cross-lingual", support_languages=["en"], query_languages=["de", "fr"])
+    cross = builder.sampler(
+        4, 2, 3, mode="cross-lingual", support_languages=["en"], query_languages=["de", "fr"]
+    )
     for e in cross.batch(range(40)):
         assert set(lang[e.support]) == {"en"} and set(lang[e.query]) == {e.query_lang} != {"en"}
         intents = np.asarray(ds["intent"])
         assert (intents[e.support].reshape(4, 2)[:, 0] == intents[e.query].reshape(4, 3)[:, 0]).all()
-    weighted = builder.sampler(4, 2, 3, mode="monolingual", language_weights={"de": 1.0, "en": 0.0, "fr": 0.0})
+    weighted = builder.sampler(
+        4, 2, 3, mode="monolingual", language_weights={"de": 1.0, "en": 0.0, "fr": 0.0}
+    )
     assert {e.support_lang for e in weighted.batch(range(30))} == {"de"}
 
 
@@ -150,7 +156,9 @@ def test_label_types_give_the_same_structure(label_type):
 
 
 def test_bad_input_errors_name_the_problem(ds):
-    with pytest.raises(ValueError, match=r"label column 'intnet' is not in the dataset .* Did you mean 'intent'"):
+    with pytest.raises(
+        ValueError, match=r"label column 'intnet' is not in the dataset .* Did you mean 'intent'"
+    ):
         EpisodeBuilder(ds, label_column="intnet")
     bad = ds.map(lambda r, i: {"text": "  " if i == 5 else r["text"]}, with_indices=True)
     with pytest.raises(ValueError, match=r"1 empty or missing values \(rows \[5\]\)"):
@@ -191,7 +199,9 @@ def test_language_with_too_few_classes_is_left_out_with_a_warning():
 def test_index_holds_integers_only_and_scales_to_a_million_rows():
     n = 1_000_000
     rng = np.random.default_rng(0)
-    data = datasets.Dataset.from_dict({"label": rng.integers(0, 50, n), "lang": rng.integers(0, 20, n).astype(str)})
+    data = datasets.Dataset.from_dict(
+        {"label": rng.integers(0, 50, n), "lang": rng.integers(0, 20, n).astype(str)}
+    )
     builder = EpisodeBuilder(data, label_column="label", text_column=None, lang_column="lang")
     assert builder.index.nbytes <= 8 * n + 64 * builder.index.num_groups
     e = builder.sampler(5, 5, 15, mode="monolingual")[0]

@@ -101,6 +101,7 @@ def test_tiny_k_builds_its_models_seeded(tmp_path):
         assert [k for k in a if not torch.equal(a[k], b[k])] == []
     assert not torch.equal(first[1]["classifier.weight"], other[1]["classifier.weight"])
 
+
 def test_tiny_k_arguments_name_the_problem():
     with pytest.raises(ValueError, match="Unknown methods"):
         TinyKArguments(methods=["maml"])
@@ -251,7 +252,9 @@ def lpft_data():
 
 
 def test_lpft_shift_scores_lp_before_ft_on_the_same_rows_and_pairs_by_seed(
-    tmp_path, tiny_checkpoint, monkeypatch  # noqa: F811
+    tmp_path,
+    tiny_checkpoint,
+    monkeypatch,  # noqa: F811
 ):
     import transformers as T
 
@@ -277,14 +280,22 @@ def test_lpft_shift_scores_lp_before_ft_on_the_same_rows_and_pairs_by_seed(
     monkeypatch.setattr(lpft, "accuracy", recording)
 
     def run(seeds: list[int]) -> dict:
-        return lpft.run_lpft_shift(lpft_model_loader(tiny_checkpoint, "mean"), data, tokenizer, args, seeds=seeds)
+        return lpft.run_lpft_shift(
+            lpft_model_loader(tiny_checkpoint, "mean"), data, tokenizer, args, seeds=seeds
+        )
 
     result = run([0, 1])
 
-    assert result["classes"] == 3 and result["train_examples"] == 6 and result["intents"] == ["door", "light", "music"]
+    assert (
+        result["classes"] == 3
+        and result["train_examples"] == 6
+        and result["intents"] == ["door", "light", "music"]
+    )
     assert result["frozen"] == ["bert.embeddings.word_embeddings.weight"]
     for seed in result["per_seed"]:
-        assert seed["LP"]["steps"] == 0 < seed["FT"]["steps"] == seed["LP-FT"]["steps"]  # LP: scored before FT
+        assert (
+            seed["LP"]["steps"] == 0 < seed["FT"]["steps"] == seed["LP-FT"]["steps"]
+        )  # LP: scored before FT
         assert not set(seed["train_rows"]) & set(seed["id_rows"]) and len(seed["id_rows"]) == 4
         assert {data[i]["lang"] for i in seed["train_rows"] + seed["id_rows"]} == {"en"}
         assert all({data[i]["lang"] for i in rows} == {lang} for lang, rows in seed["ood_rows"].items())
@@ -301,7 +312,9 @@ def test_lpft_shift_scores_lp_before_ft_on_the_same_rows_and_pairs_by_seed(
     for name, (a, b) in {"LP-FT - FT": ("LP-FT", "FT"), "LP - FT": ("LP", "FT")}.items():
         diffs = [s[a]["ood"] - s[b]["ood"] for s in result["per_seed"]]
         assert result["paired"][name]["ood"] == round(mean_ci(diffs)[0], 2)
-        assert result["paired"][name]["ood_ci"] == round(mean_ci(diffs)[1], 2)  # the spread of per-seed differences
+        assert result["paired"][name]["ood_ci"] == round(
+            mean_ci(diffs)[1], 2
+        )  # the spread of per-seed differences
 
     table = lpft_shift_table(result)
     assert "| LP-FT |" in table and "LP-FT - FT" in table and "word embeddings FROZEN" in table
@@ -314,7 +327,9 @@ def test_lpft_shift_scores_lp_before_ft_on_the_same_rows_and_pairs_by_seed(
                             LpftShiftArguments(min_ood_per_intent=50), seeds=[0])  # fmt: skip
 
 
-def test_lecture_lpft_shift_config_is_the_benchmarks_defaults_and_the_recipe_runs(tmp_path, tiny_checkpoint, capsys):  # noqa: F811
+def test_lecture_lpft_shift_config_is_the_benchmarks_defaults_and_the_recipe_runs(
+    tmp_path, tiny_checkpoint, capsys
+):  # noqa: F811
     import json
 
     from hf_metatransfer.cli_args import parse_args
@@ -324,12 +339,20 @@ def test_lecture_lpft_shift_config_is_the_benchmarks_defaults_and_the_recipe_run
 
     config = files("hf_metatransfer.recipes") / "configs" / "lecture_lpft_shift.yaml"
     model, lecture, *_, lpft = parse_args(ARGUMENTS, ["--config", str(config)])
-    assert lpft == LpftShiftArguments() and model.model_name_or_path == EMBEDDED_MULTILINGUAL and lecture.seeds == [0, 1, 2]
+    assert (
+        lpft == LpftShiftArguments()
+        and model.model_name_or_path == EMBEDDED_MULTILINGUAL
+        and lecture.seeds == [0, 1, 2]
+    )
     out = tmp_path / "run"
     cli(["--experiment", "lpft_shift", "--model_name_or_path", str(tiny_checkpoint), "--cap_per_intent", "6",
          "--lpft_shots", "2", "--id_test", "6", "--min_id_test", "1", "--ood_langs", "de", "--ood_per_lang", "6",
          "--min_ood_per_intent", "1", "--lpft_epochs", "1", "--output_dir", str(out)])  # fmt: skip
     saved = json.loads((out / "results.json").read_text())
-    assert saved["experiment"] == "lpft_shift" and set(saved["paired"]) == {"LP-FT - FT", "LP - FT", "LP-FT - LP"}
+    assert saved["experiment"] == "lpft_shift" and set(saved["paired"]) == {
+        "LP-FT - FT",
+        "LP - FT",
+        "LP-FT - LP",
+    }
     assert (out / "lpft_shift.png").read_bytes()[:8] == PNG
     assert "per_seed" not in json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -19,8 +19,17 @@ def toy_dataset(n=48, seed=0):
 
 
 def config(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, learning_rate=1e-3,
-                report_to=[], save_strategy="no", use_cpu=True, seed=0, logging_steps=1, disable_tqdm=True)
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+        logging_steps=1,
+        disable_tqdm=True,
+    )
     base.update(kw)
     return FineTuningConfig(**base)
 
@@ -39,14 +48,23 @@ class Record(TrainerCallback):
         self.grads.append({n for n, p in self.model.named_parameters() if p.grad is not None})
 
     def on_step_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kw):
-        self.at_begin.append((state.global_step, [g["lr"] for g in optimizer.param_groups], len(optimizer.state),
-                              getattr(lr_scheduler, "phase", None)))
+        self.at_begin.append(
+            (
+                state.global_step,
+                [g["lr"] for g in optimizer.param_groups],
+                len(optimizer.state),
+                getattr(lr_scheduler, "phase", None),
+            )
+        )
 
 
 def test_layerwise_lrs_in_the_trainer_optimizer(tmp_path):
     model = tiny_model("bert")
-    trainer = FineTuningTrainer(model=model, args=config(tmp_path, layerwise_lr_decay=0.5, head_learning_rate=0.01),
-                                train_dataset=toy_dataset())
+    trainer = FineTuningTrainer(
+        model=model,
+        args=config(tmp_path, layerwise_lr_decay=0.5, head_learning_rate=0.01),
+        train_dataset=toy_dataset(),
+    )
     trainer.create_optimizer_and_scheduler(10)
     lm = trainer.layer_map
     for g in trainer.optimizer.param_groups:
@@ -58,8 +76,11 @@ def test_layerwise_lrs_in_the_trainer_optimizer(tmp_path):
 def test_surgical_frozen_parameters_are_bit_identical(tmp_path):
     model = tiny_model("bert")
     before = snapshot(model)
-    trainer = FineTuningTrainer(model=model, args=config(tmp_path, max_steps=4, surgical_blocks=["first"]),
-                                train_dataset=toy_dataset())
+    trainer = FineTuningTrainer(
+        model=model,
+        args=config(tmp_path, max_steps=4, surgical_blocks=["first"]),
+        train_dataset=toy_dataset(),
+    )
     trainer.train()
     lm = trainer.layer_map
     trained = set(lm.blocks[0].param_names) | set(lm.head.param_names)
@@ -68,15 +89,25 @@ def test_surgical_frozen_parameters_are_bit_identical(tmp_path):
             assert not torch.equal(p, before[n]) or "bias" in n, n
         else:
             assert torch.equal(p, before[n]), n
-    assert any(not torch.equal(dict(model.named_parameters())[n], before[n]) for n in lm.blocks[0].param_names)
+    assert any(
+        not torch.equal(dict(model.named_parameters())[n], before[n]) for n in lm.blocks[0].param_names
+    )
 
 
 def test_lp_ft_switches_at_budget_with_fresh_optimizer_and_ft_schedule(tmp_path):
     model = tiny_model("bert")
     before = snapshot(model)
     rec = Record(model)
-    args = config(tmp_path, max_steps=8, lp_ft=True, lp_max_steps=3, lp_learning_rate=0.05,
-                  layerwise_lr_decay=0.5, warmup_steps=2, lr_scheduler_type="linear")
+    args = config(
+        tmp_path,
+        max_steps=8,
+        lp_ft=True,
+        lp_max_steps=3,
+        lp_learning_rate=0.05,
+        layerwise_lr_decay=0.5,
+        warmup_steps=2,
+        lr_scheduler_type="linear",
+    )
     trainer = FineTuningTrainer(model=model, args=args, train_dataset=toy_dataset(), callbacks=[rec])
     trainer.train()
     lm = trainer.layer_map
@@ -88,22 +119,35 @@ def test_lp_ft_switches_at_budget_with_fresh_optimizer_and_ft_schedule(tmp_path)
     # During LP the head has the LP LR and the rest 0.
     step, lrs, _, phase = rec.at_begin[1]
     assert phase == "lp" and [lr for lr, g in zip(lrs, trainer.optimizer.param_groups)] == [
-        0.05 if g["depth"] == lm.top_depth else 0.0 for g in trainer.optimizer.param_groups]
+        0.05 if g["depth"] == lm.top_depth else 0.0 for g in trainer.optimizer.param_groups
+    ]
     # First FT step: optimizer moments cleared, warmup starts from 0; one step later LRs follow the formula.
     step, lrs, n_state, phase = rec.at_begin[3]
     assert (step, n_state, phase) == (3, 0, "ft") and all(lr == 0.0 for lr in lrs)
     step, lrs, _, _ = rec.at_begin[4]
     for lr, g in zip(lrs, trainer.optimizer.param_groups):
         assert lr == pytest.approx(1e-3 * 0.5 ** (lm.top_depth - g["depth"]) * 0.5)  # warmup 1/2
-    assert all(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n.endswith("weight")
-               and "LayerNorm" not in n)
+    assert all(
+        not torch.equal(p, before[n])
+        for n, p in model.named_parameters()
+        if n.endswith("weight") and "LayerNorm" not in n
+    )
 
 
 def test_lp_ft_switches_when_validation_loss_stops_improving(tmp_path):
     model = tiny_model("bert")
-    args = config(tmp_path, max_steps=6, lp_ft=True, lp_patience=2, lp_learning_rate=0.0,
-                  eval_strategy="steps", eval_steps=1)
-    trainer = FineTuningTrainer(model=model, args=args, train_dataset=toy_dataset(), eval_dataset=toy_dataset(16, 1))
+    args = config(
+        tmp_path,
+        max_steps=6,
+        lp_ft=True,
+        lp_patience=2,
+        lp_learning_rate=0.0,
+        eval_strategy="steps",
+        eval_steps=1,
+    )
+    trainer = FineTuningTrainer(
+        model=model, args=args, train_dataset=toy_dataset(), eval_dataset=toy_dataset(16, 1)
+    )
     trainer.train()
     # LR 0 in LP: the loss of eval 1 is the best, evals 2 and 3 do not improve -> switch at step 3.
     assert [h["lp_ft_switch"] for h in trainer.state.log_history if "lp_ft_switch" in h] == [3]
@@ -112,12 +156,14 @@ def test_lp_ft_switches_when_validation_loss_stops_improving(tmp_path):
 def test_gradual_unfreezing_one_group_per_stage_from_the_top(tmp_path):
     model = tiny_model("bert")
     rec = Record(model)
-    args = config(tmp_path, max_steps=10, gradual_unfreezing=True, unfreeze_interval_steps=2, slanted_triangular=True)
+    args = config(
+        tmp_path, max_steps=10, gradual_unfreezing=True, unfreeze_interval_steps=2, slanted_triangular=True
+    )
     trainer = FineTuningTrainer(model=model, args=args, train_dataset=toy_dataset(), callbacks=[rec])
     trainer.train()
     lm = trainer.layer_map
     by_depth = [set(g.param_names) for g in lm]
-    expected = [set().union(*by_depth[max(0, lm.top_depth - s):]) for s in (0, 0, 1, 1, 2, 2, 3, 3, 4, 4)]
+    expected = [set().union(*by_depth[max(0, lm.top_depth - s) :]) for s in (0, 0, 1, 1, 2, 2, 3, 3, 4, 4)]
     assert rec.grads == expected
 
 
@@ -151,9 +197,13 @@ def test_auto_rgn_scales_each_tensor_lr_by_relative_gradient_norm(tmp_path):
 
 
 def test_lora_peft_model_with_lp_ft_and_layerwise_lr(tmp_path):
-    model = get_peft_model(tiny_model("bert"), LoraConfig(task_type="SEQ_CLS", target_modules=["query", "value"], r=2))
+    model = get_peft_model(
+        tiny_model("bert"), LoraConfig(task_type="SEQ_CLS", target_modules=["query", "value"], r=2)
+    )
     before = snapshot(model)
-    args = config(tmp_path, max_steps=6, lp_ft=True, lp_max_steps=2, layerwise_lr_decay=0.8, learning_rate=1e-2)
+    args = config(
+        tmp_path, max_steps=6, lp_ft=True, lp_max_steps=2, layerwise_lr_decay=0.8, learning_rate=1e-2
+    )
     trainer = FineTuningTrainer(model=model, args=args, train_dataset=toy_dataset())
     trainer.train()
     for n, p in model.named_parameters():
@@ -165,8 +215,17 @@ def test_lora_peft_model_with_lp_ft_and_layerwise_lr(tmp_path):
 
 
 def test_resume_across_the_lp_ft_switch_is_identical(tmp_path):
-    kw = dict(max_steps=8, lp_ft=True, lp_max_steps=3, gradual_unfreezing=True, unfreeze_interval_steps=2,
-              layerwise_lr_decay=0.8, save_strategy="steps", save_steps=2, warmup_steps=1)
+    kw = dict(
+        max_steps=8,
+        lp_ft=True,
+        lp_max_steps=3,
+        gradual_unfreezing=True,
+        unfreeze_interval_steps=2,
+        layerwise_lr_decay=0.8,
+        save_strategy="steps",
+        save_steps=2,
+        warmup_steps=1,
+    )
     full = tiny_model("bert")
     FineTuningTrainer(model=full, args=config(tmp_path / "a", **kw), train_dataset=toy_dataset()).train()
     resumed = tiny_model("bert")
@@ -201,8 +260,11 @@ def test_config_errors_say_what_to_change(tmp_path, kw, match):
 
 def test_trainer_errors(tmp_path):
     with pytest.raises(ValueError, match="Block index 5 is out of range"):
-        FineTuningTrainer(model=tiny_model("bert"), args=config(tmp_path, surgical_blocks=["5"]),
-                          train_dataset=toy_dataset())
+        FineTuningTrainer(
+            model=tiny_model("bert"),
+            args=config(tmp_path, surgical_blocks=["5"]),
+            train_dataset=toy_dataset(),
+        )
     args = config(tmp_path, lp_ft=True, lp_patience=1, eval_strategy="steps", eval_steps=1)
     with pytest.raises(ValueError, match="pass eval_dataset"):
         FineTuningTrainer(model=tiny_model("bert"), args=args, train_dataset=toy_dataset())

@@ -46,7 +46,9 @@ def _expected_block_prefixes(arch, model):
 
 def _check_map(arch, model, lm, name_prefix=""):
     names = [n for n, _ in model.named_parameters()]
-    assert sorted(n for g in lm for n in g.param_names) == sorted(names), "every parameter mapped exactly once"
+    assert sorted(n for g in lm for n in g.param_names) == sorted(names), (
+        "every parameter mapped exactly once"
+    )
     assert lm.num_blocks == num_blocks(arch)
     assert [g.depth for g in lm] == list(range(lm.num_blocks + 2))
     for group, prefix in zip(lm.blocks, _expected_block_prefixes(arch, tiny_model(arch))):
@@ -130,18 +132,33 @@ def test_user_mapping_by_regex_and_callable():
     model = NoBlocks()
     lm = build_layer_map(model, LayerMapSpec(blocks=r"body\.(\d+)\.", head=r"^out\."))
     assert [g.param_names for g in lm] == [
-        ("emb.weight",), ("body.0.weight", "body.0.bias"), ("body.1.weight", "body.1.bias"), ("out.weight", "out.bias")
+        ("emb.weight",),
+        ("body.0.weight", "body.0.bias"),
+        ("body.1.weight", "body.1.bias"),
+        ("out.weight", "out.bias"),
     ]
-    lm2 = build_layer_map(model, lambda n: ("head", None) if n.startswith("out") else
-                          ("block", int(n.split(".")[1])) if n.startswith("body") else ("embeddings", None))
+    lm2 = build_layer_map(
+        model,
+        lambda n: (
+            ("head", None)
+            if n.startswith("out")
+            else ("block", int(n.split(".")[1]))
+            if n.startswith("body")
+            else ("embeddings", None)
+        ),
+    )
     assert [g.param_names for g in lm2] == [g.param_names for g in lm]
 
 
-@pytest.mark.parametrize("sel,expected", [("first", [0]), ("middle", [1]), ("last", [2]), (-1, [2]), ([0, 2], [0, 2])])
+@pytest.mark.parametrize(
+    "sel,expected", [("first", [0]), ("middle", [1]), ("last", [2]), (-1, [2]), ([0, 2], [0, 2])]
+)
 def test_resolve_blocks(sel, expected):
     assert build_layer_map(tiny_model("bert")).resolve_blocks(sel) == expected
 
 
 def test_resolve_blocks_out_of_range():
-    with pytest.raises(ValueError, match="Block index 3 is out of range: BertForSequenceClassification has 3 blocks"):
+    with pytest.raises(
+        ValueError, match="Block index 3 is out of range: BertForSequenceClassification has 3 blocks"
+    ):
         build_layer_map(tiny_model("bert")).resolve_blocks([3])

@@ -36,7 +36,9 @@ def test_inner_loop_adapted_model_reloads_and_predicts_as_the_algorithm(tmp_path
         got = reloaded(**inputs(query)).logits
     assert torch.allclose(got, expected, atol=1e-5)
     assert not torch.allclose(got, model(**inputs(query)).logits, atol=1e-3)  # it did adapt
-    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # the initialisation is untouched
+    assert all(
+        torch.equal(before[n], p) for n, p in model.named_parameters()
+    )  # the initialisation is untouched
     moved = {n for n, p in adapted.named_parameters() if not torch.equal(before[n], p)}
     assert moved and moved <= set(algorithm.fast)
 

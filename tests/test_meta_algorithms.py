@@ -24,7 +24,11 @@ def task(seed=0, n_way=3, k=2, q=3, length=6):
         ids = torch.randint(1, 60, (n_way * per, length), generator=g)
         mask = torch.ones_like(ids)
         mask[::2, -2:] = 0
-        return {"input_ids": ids, "attention_mask": mask, "labels": torch.arange(n_way).repeat_interleave(per)}
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": torch.arange(n_way).repeat_interleave(per),
+        }
 
     return batch(k), batch(q)
 
@@ -37,11 +41,16 @@ def reference_maml_grads(model, support, query, steps, lr, fast):
     """Sequential MAML with `higher` (an independent implementation): differentiable SGD on a functional copy."""
     inner_params = [p for n, p in model.named_parameters() if n in fast]
     opt = torch.optim.SGD(inner_params, lr=lr)
-    with higher.innerloop_ctx(model, opt, copy_initial_weights=False, track_higher_grads=True) as (fmodel, diffopt):
+    with higher.innerloop_ctx(model, opt, copy_initial_weights=False, track_higher_grads=True) as (
+        fmodel,
+        diffopt,
+    ):
         for _ in range(steps):
             diffopt.step(F.cross_entropy(fmodel(**{k: v for k, v in support.items() if k != "labels"}).logits,
                                          support["labels"]))  # fmt: skip
-        loss = F.cross_entropy(fmodel(**{k: v for k, v in query.items() if k != "labels"}).logits, query["labels"])
+        loss = F.cross_entropy(
+            fmodel(**{k: v for k, v in query.items() if k != "labels"}).logits, query["labels"]
+        )
         grads = torch.autograd.grad(loss, [p for _, p in trainable(model)], allow_unused=True)
     return {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(trainable(model), grads)}
 
@@ -99,7 +108,7 @@ def test_fomaml_is_the_query_gradient_at_the_adapted_weights():
         opt.step()
     adapted.zero_grad()
     adapted(**query).loss.backward()
-    for (n, p) in trainable(adapted):
+    for n, p in trainable(adapted):
         assert torch.allclose(ours[n], p.grad, atol=1e-6, rtol=1e-4), n
 
 
@@ -155,15 +164,20 @@ def test_protonets_logits_are_negative_squared_distances_to_prototypes():
     algo.setup(model)
     logits = algo.predict(model, support, query)
     with torch.no_grad():
+
         def embed(b):
             h = model.bert(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
             m = b["attention_mask"].unsqueeze(-1).float()
             return (h * m).sum(1) / m.sum(1)
+
         protos = embed(support).reshape(3, 2, -1).mean(1)
         expected = -((embed(query)[:, None, :] - protos[None]) ** 2).sum(-1)
     assert torch.allclose(logits, expected, atol=1e-4)
     grads = algo.task_gradient(model, support, query).grads
-    assert grads["classifier.weight"].abs().sum() == 0 and grads["bert.embeddings.word_embeddings.weight"].abs().sum() > 0
+    assert (
+        grads["classifier.weight"].abs().sum() == 0
+        and grads["bert.embeddings.word_embeddings.weight"].abs().sum() > 0
+    )
 
 
 def test_non_finite_task_is_skipped_not_propagated():
@@ -217,7 +231,9 @@ def test_fast_weight_selection():
         fast_weight_names(model, "lora")
     from peft import LoraConfig, get_peft_model
 
-    peft_model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", target_modules=["query", "value"], r=2))
+    peft_model = get_peft_model(
+        model, LoraConfig(task_type="SEQ_CLS", target_modules=["query", "value"], r=2)
+    )
     lora = fast_weight_names(peft_model, "lora")
     assert lora and all("lora_" in n or "modules_to_save" in n for n in lora)
 
@@ -228,7 +244,9 @@ def test_protonets_projection_starts_as_no_projection_and_is_meta_learned():
     plain, projected = ProtoNets(), ProtoNets(projection_dim=16)  # 16 = the hidden size: an orthogonal start
     plain.setup(model)
     projected.setup(model)
-    assert torch.allclose(projected.predict(model, support, query), plain.predict(model, support, query), atol=1e-4)
+    assert torch.allclose(
+        projected.predict(model, support, query), plain.predict(model, support, query), atol=1e-4
+    )
     grads = projected.task_gradient(model, support, query).grads
     assert grads["meta.0"].shape == (16, 16) and grads["meta.0"].abs().sum() > 0
     narrow = ProtoNets(projection_dim=4)

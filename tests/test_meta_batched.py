@@ -20,7 +20,11 @@ def task(seed, n_way=3, k=2, q=3, length=6, bad=False):
         ids = torch.randint(1, BAD_TOKEN, (n_way * per, length), generator=g)
         mask = torch.ones_like(ids)
         mask[::2, -2:] = 0
-        return {"input_ids": ids, "attention_mask": mask, "labels": torch.arange(n_way).repeat_interleave(per)}
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": torch.arange(n_way).repeat_interleave(per),
+        }
 
     support, query = batch(k), batch(q)
     if bad:
@@ -33,7 +37,12 @@ def looped_mean(algo, model, tasks):
     results = [algo.task_gradient(model, s, q) for s, q in tasks]
     ok = [r for r in results if r.grads is not None]
     grads = {n: torch.stack([r.grads[n] for r in ok]).mean(0) for n in ok[0].grads}
-    return grads, sum(r.loss for r in ok) / len(ok), sum(r.accuracy for r in ok) / len(ok), len(results) - len(ok)
+    return (
+        grads,
+        sum(r.loss for r in ok) / len(ok),
+        sum(r.accuracy for r in ok) / len(ok),
+        len(results) - len(ok),
+    )
 
 
 def no_loop(algo):
@@ -65,7 +74,10 @@ def test_batched_gradient_equals_the_looped_mean_over_tasks_of_different_lengths
     assert result.skipped == skipped == 0 and algo.vmap_fallbacks == 0
     assert set(result.grads) == set(expected)
     for n, g in expected.items():
-        assert torch.allclose(result.grads[n], g, atol=1e-6, rtol=1e-4), (n, (result.grads[n] - g).abs().max())
+        assert torch.allclose(result.grads[n], g, atol=1e-6, rtol=1e-4), (
+            n,
+            (result.grads[n] - g).abs().max(),
+        )
     assert result.loss == pytest.approx(loss, rel=1e-5) and result.accuracy == pytest.approx(accuracy)
     assert sum(g.abs().sum() for g in result.grads.values()) > 0
 

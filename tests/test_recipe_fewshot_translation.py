@@ -24,7 +24,9 @@ def tiny_run(tmp_path):
     return model_dir, data
 
 
-def test_recipe_scores_every_method_on_the_same_held_out_tasks_and_pushes(hub, tmp_path, tiny_run, monkeypatch):  # noqa: F811
+def test_recipe_scores_every_method_on_the_same_held_out_tasks_and_pushes(
+    hub, tmp_path, tiny_run, monkeypatch
+):  # noqa: F811
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     model_dir, data = tiny_run
     out = tmp_path / "run"

@@ -19,8 +19,14 @@ WORDS = {"weather": ["sunny", "rain", "cloudy", "storm"], "music": ["song", "alb
 @pytest.fixture
 def tiny_checkpoint(tmp_path):
     tokenizer = T.AutoTokenizer.from_pretrained(minilm_path())
-    cfg = T.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=20, max_position_embeddings=64)
+    cfg = T.BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=20,
+        max_position_embeddings=64,
+    )
     path = tmp_path / "tiny-bert"
     T.BertModel(cfg).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -57,14 +63,18 @@ def test_recipe_from_yaml_with_flag_override(tmp_path, tiny_checkpoint, data_fil
 def test_yaml_with_unknown_strategy_names_the_closest_option(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("lpft: true\nlayerwise_decay: 0.9\n")
-    with pytest.raises(SystemExit, match=r"'lpft' \(did you mean 'lp_ft'\?\).*'layerwise_decay' \(did you mean"):
+    with pytest.raises(
+        SystemExit, match=r"'lpft' \(did you mean 'lp_ft'\?\).*'layerwise_decay' \(did you mean"
+    ):
         parse_args((ModelArguments, DataArguments, FineTuningConfig), ["--config", str(cfg)])
 
 
 def test_yaml_lists_and_bools_become_flags(tmp_path):
     cfg = tmp_path / "ok.yaml"
-    cfg.write_text("surgical_blocks: [first, -1]\ngradual_unfreezing: true\nlanguages: [de, fr]\n"
-                   f"output_dir: {tmp_path}\n")
+    cfg.write_text(
+        "surgical_blocks: [first, -1]\ngradual_unfreezing: true\nlanguages: [de, fr]\n"
+        f"output_dir: {tmp_path}\n"
+    )
     _, data, config = parse_args((ModelArguments, DataArguments, FineTuningConfig), ["--config", str(cfg)])
     assert config.surgical_blocks == ["first", -1] and config.gradual_unfreezing is True
     assert data.languages == ["de", "fr"]
@@ -72,8 +82,20 @@ def test_yaml_lists_and_bools_become_flags(tmp_path):
 
 def test_missing_column_error(tmp_path, tiny_checkpoint, data_file):
     with pytest.raises(ValueError, match=r"Column 'text' is not in the dataset .*set --text_column"):
-        cli(["--model_name_or_path", str(tiny_checkpoint), "--dataset_name", "json", "--data_files", str(data_file),
-             "--output_dir", str(tmp_path / "o"), "--label_column", "topic"])
+        cli(
+            [
+                "--model_name_or_path",
+                str(tiny_checkpoint),
+                "--dataset_name",
+                "json",
+                "--data_files",
+                str(data_file),
+                "--output_dir",
+                str(tmp_path / "o"),
+                "--label_column",
+                "topic",
+            ]
+        )
 
 
 def test_same_seed_gives_bit_identical_weights(tmp_path, tiny_checkpoint, data_file):

@@ -15,7 +15,9 @@ from tests.hub_server import TOKEN, hub_fixture  # noqa: F401 - the fixture 'hub
 from tests.test_recipe_finetune import tiny_checkpoint  # noqa: F401 - the fixture
 
 
-def test_meta_train_recipe_tests_baselines_writes_card_and_pushes(hub, tmp_path, tiny_checkpoint, monkeypatch):  # noqa: F811
+def test_meta_train_recipe_tests_baselines_writes_card_and_pushes(
+    hub, tmp_path, tiny_checkpoint, monkeypatch
+):  # noqa: F811
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     out = tmp_path / "run"
     results = cli([
@@ -44,7 +46,9 @@ def test_meta_train_recipe_tests_baselines_writes_card_and_pushes(hub, tmp_path,
     # the model adapted to test episode 0: pushed, labelled with its intents, predicting as the algorithm did
     assert "adapted/episode-0/model.safetensors" in files and 'subfolder="adapted/episode-0"' in card.text
     episode = load_episodes(str(out / "test_episodes"))[0]
-    adapted = T.AutoModelForSequenceClassification.from_pretrained("tester/meta-tiny", subfolder="adapted/episode-0")
+    adapted = T.AutoModelForSequenceClassification.from_pretrained(
+        "tester/meta-tiny", subfolder="adapted/episode-0"
+    )
     assert list(adapted.config.id2label.values()) == list(episode.class_names)
     setup = setup_episodes(ModelArguments(model_name_or_path=str(out)),
                            EpisodeArguments(languages=["en"], cap_per_intent=20), seed=0)  # fmt: skip
@@ -54,10 +58,14 @@ def test_meta_train_recipe_tests_baselines_writes_card_and_pushes(hub, tmp_path,
     algorithm.setup(initialisation)
     with torch.no_grad():
         got = adapted.eval()(**{k: v for k, v in batch["query"].items() if k != "labels"}).logits
-    assert torch.allclose(got, algorithm.predict(initialisation.eval(), batch["support"], batch["query"]), atol=1e-5)
+    assert torch.allclose(
+        got, algorithm.predict(initialisation.eval(), batch["support"], batch["query"]), atol=1e-5
+    )
 
 
-def test_adapted_protonets_models_need_a_mean_pooled_head_and_say_so_before_training(tmp_path, tiny_checkpoint):  # noqa: F811
+def test_adapted_protonets_models_need_a_mean_pooled_head_and_say_so_before_training(
+    tmp_path, tiny_checkpoint
+):  # noqa: F811
     with pytest.raises(ValueError, match="embedded-multilingual"):
         cli(["--model_name_or_path", str(tiny_checkpoint), "--languages", "en", "--cap_per_intent", "20",
              "--algorithm", "protonets", "--adapted_episodes", "2", "--output_dir", str(tmp_path / "run")])  # fmt: skip
@@ -101,7 +109,15 @@ def test_held_out_languages_are_never_meta_trained_on_and_are_the_test_languages
 def test_held_out_languages_need_a_validation_language_outside_them(tmp_path, tiny_checkpoint):  # noqa: F811
     import pytest
 
-    common = ["--model_name_or_path", str(tiny_checkpoint), "--languages", "en", "fr", "--output_dir", str(tmp_path)]
+    common = [
+        "--model_name_or_path",
+        str(tiny_checkpoint),
+        "--languages",
+        "en",
+        "fr",
+        "--output_dir",
+        str(tmp_path),
+    ]
     with pytest.raises(ValueError, match="need validation_languages"):
         cli([*common, "--test_languages", "fr"])
     with pytest.raises(ValueError, match=r"\['de'\] are not in `languages`"):
@@ -125,7 +141,9 @@ def test_meta_test_recipe_rescores_the_saved_episodes_exactly(tmp_path, tiny_che
     ])  # fmt: skip
     before = {r["method"].split(" (")[0]: r["per_episode"] for r in trained["meta_test"]}
     after = {r["method"].split(" (")[0]: r["per_episode"] for r in retested["meta_test"]}
-    assert after == before  # the same episodes, the same meta-learned weights, the same baseline: the same scores
+    assert (
+        after == before
+    )  # the same episodes, the same meta-learned weights, the same baseline: the same scores
     assert (tmp_path / "retest" / "results.json").exists()
 
 

@@ -97,10 +97,16 @@ def causal():
 
 def test_prompt_names_languages_and_puts_examples_before_the_query():
     prompt = TranslationPrompt().prompt("Save", "en", "de", examples=[("Delete", "Löschen")])
-    assert prompt == "Translate from English to German.\nEnglish: Delete\nGerman: Löschen\nEnglish: Save\nGerman:"
+    assert (
+        prompt
+        == "Translate from English to German.\nEnglish: Delete\nGerman: Löschen\nEnglish: Save\nGerman:"
+    )
     assert language_name("pt_BR") == "Brazilian Portuguese"  # Django's locale table
     assert language_name("xx") == "xx" and language_name("xx", {"xx": "Xish"}) == "Xish"
-    assert TranslationPrompt.for_model_type("t5").seq2seq_source("hi", "en", "de") == "translate English to German: hi"
+    assert (
+        TranslationPrompt.for_model_type("t5").seq2seq_source("hi", "en", "de")
+        == "translate English to German: hi"
+    )
     assert TranslationPrompt.for_model_type("marian").seq2seq_source("hi", "en", "de") == "hi"
 
 
@@ -133,14 +139,21 @@ def test_seq2seq_batch_encodes_source_with_prefix_and_target_as_labels():
     tok = char_tokenizer()
     batcher = TranslationBatcher.for_model(model, tok, prompt=TranslationPrompt.for_model_type("t5"))
     batch = batcher.training_batch(["ab", "abcd"], ["B", "DCBA"], "en", "de")
-    assert tok.decode(batch["input_ids"][0][batch["attention_mask"][0] == 1]) == "translate English to German: ab"
+    assert (
+        tok.decode(batch["input_ids"][0][batch["attention_mask"][0] == 1])
+        == "translate English to German: ab"
+    )
     assert tok.decode(batch["labels"][1][batch["labels"][1] != -100], skip_special_tokens=True) == "DCBA"
-    assert batch["labels"].shape == (2, 5) and (batch["labels"][0, 2:] == -100).all()  # "B" + eos, then padding
+    assert (
+        batch["labels"].shape == (2, 5) and (batch["labels"][0, 2:] == -100).all()
+    )  # "B" + eos, then padding
 
 
 def test_long_inputs_are_truncated_with_a_warning_keeping_the_cue(causal, caplog):
     model, _ = causal
-    batcher = TranslationBatcher.for_model(model, char_tokenizer(), prompt=PROMPT, max_length=60, max_target_length=8)
+    batcher = TranslationBatcher.for_model(
+        model, char_tokenizer(), prompt=PROMPT, max_length=60, max_target_length=8
+    )
     with caplog.at_level(logging.WARNING):
         batch = batcher.training_batch(["a" * 200], ["b" * 50], "en", "xx")
     assert "truncated" in caplog.text and "max_length=60" in caplog.text

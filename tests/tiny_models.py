@@ -14,7 +14,9 @@ ARCHITECTURES = [
 NUM_BLOCKS = {"t5": 5, "mt5": 4, "marian": 5, "bart": 4}
 
 _ENC = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=37)
-_DEC = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1, intermediate_size=37)
+_DEC = dict(
+    hidden_size=32, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1, intermediate_size=37
+)
 _NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
@@ -29,12 +31,16 @@ def tiny_model(arch: str, num_labels: int = 3, seed: int = 0) -> torch.nn.Module
     if arch == "xlm-roberta":
         return T.XLMRobertaForSequenceClassification(T.XLMRobertaConfig(**_ENC, **_NO_DROPOUT, **c))
     if arch == "distilbert":
-        cfg = T.DistilBertConfig(dim=32, n_layers=3, n_heads=2, hidden_dim=37, dropout=0.0, attention_dropout=0.0, **c)
+        cfg = T.DistilBertConfig(
+            dim=32, n_layers=3, n_heads=2, hidden_dim=37, dropout=0.0, attention_dropout=0.0, **c
+        )
         return T.DistilBertForSequenceClassification(cfg)
     if arch == "deberta-v2":
         return T.DebertaV2ForSequenceClassification(T.DebertaV2Config(**_ENC, **_NO_DROPOUT, **c))
     if arch == "electra":
-        return T.ElectraForSequenceClassification(T.ElectraConfig(embedding_size=16, **_ENC, **_NO_DROPOUT, **c))
+        return T.ElectraForSequenceClassification(
+            T.ElectraConfig(embedding_size=16, **_ENC, **_NO_DROPOUT, **c)
+        )
     if arch == "modernbert":
         return T.ModernBertForSequenceClassification(T.ModernBertConfig(**_ENC, **c))
     if arch == "gpt2":

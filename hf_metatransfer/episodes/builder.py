@@ -36,7 +36,9 @@ def read_column(dataset: datasets.Dataset, name: str, role: str) -> pa.ChunkedAr
 def _encode(values: pa.ChunkedArray, role: str) -> tuple[np.ndarray, tuple[str, ...]]:
     """Ids 0..C-1 over the sorted distinct values, and the values' names."""
     if values.null_count:
-        raise ValueError(f"The {role} column has {values.null_count} missing values: fill or drop those rows.")
+        raise ValueError(
+            f"The {role} column has {values.null_count} missing values: fill or drop those rows."
+        )
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         names = sorted(pc.unique(values).to_pylist())
     elif pa.types.is_integer(values.type):
@@ -75,7 +77,9 @@ class EpisodeBuilder:
         if isinstance(feature, datasets.ClassLabel):
             labels = raw_labels.to_numpy().astype(np.int64)
             if len(labels) and (labels.min() < 0 or labels.max() >= feature.num_classes):
-                raise ValueError(f"Label column {label_column!r} holds ids outside its ClassLabel (-1 = missing?).")
+                raise ValueError(
+                    f"Label column {label_column!r} holds ids outside its ClassLabel (-1 = missing?)."
+                )
             label_names = tuple(feature.names)
         else:
             labels, label_names = _encode(raw_labels, "label")
@@ -89,7 +93,9 @@ class EpisodeBuilder:
 
     def _check_text(self, text: pa.ChunkedArray) -> None:
         if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
-            raise ValueError(f"The text column {self.text_column!r} has type {text.type}; it must hold strings.")
+            raise ValueError(
+                f"The text column {self.text_column!r} has type {text.type}; it must hold strings."
+            )
         empty = pc.or_kleene(pc.is_null(text), pc.equal(pc.utf8_trim_whitespace(text), ""))
         bad = np.flatnonzero(empty.to_numpy(zero_copy_only=False))
         if len(bad):
@@ -118,32 +124,50 @@ class EpisodeBuilder:
             elif c in lookup:
                 out.append(lookup[c])
             else:
-                raise ValueError(f"Class {c!r} is not in the dataset; classes: {list(self.label_names)[:20]}...")
+                raise ValueError(
+                    f"Class {c!r} is not in the dataset; classes: {list(self.label_names)[:20]}..."
+                )
         return out
 
     # -- splits and samplers -------------------------------------------------------------------------------
-    def split_classes(self, ratios: Sequence[float] | None = None, *, seed: int = 0,
-                      explicit: dict[str, Sequence[str | int]] | None = None,
-                      names: Sequence[str] = ("train", "validation", "test")) -> Splits:
+    def split_classes(
+        self,
+        ratios: Sequence[float] | None = None,
+        *,
+        seed: int = 0,
+        explicit: dict[str, Sequence[str | int]] | None = None,
+        names: Sequence[str] = ("train", "validation", "test"),
+    ) -> Splits:
         """Class-disjoint meta-train / meta-val / meta-test classes, by seeded ratios or explicit lists."""
         if explicit is not None:
-            return Splits({k: self.label_ids(v) for k, v in explicit.items()}, kind="class", names=self.label_names)
+            return Splits(
+                {k: self.label_ids(v) for k, v in explicit.items()}, kind="class", names=self.label_names
+            )
         present = sorted(set(self.index.group_label.tolist()))
         return Splits(split_values(present, ratios or (0.6, 0.2, 0.2), seed, names), kind="class",
                       names=self.label_names)  # fmt: skip
 
-    def split_languages(self, ratios: Sequence[float] | None = None, *, seed: int = 0,
-                        explicit: dict[str, Sequence[str]] | None = None,
-                        names: Sequence[str] = ("train", "validation", "test")) -> Splits:
+    def split_languages(
+        self,
+        ratios: Sequence[float] | None = None,
+        *,
+        seed: int = 0,
+        explicit: dict[str, Sequence[str]] | None = None,
+        names: Sequence[str] = ("train", "validation", "test"),
+    ) -> Splits:
         """Language-disjoint splits (names of languages), by seeded ratios or explicit lists."""
         if not self.lang_column:
             raise ValueError("Language splits need lang_column=... when building the EpisodeBuilder.")
         if explicit is not None:
             unknown = [lang for v in explicit.values() for lang in v if lang not in self.languages]
             if unknown:
-                raise ValueError(f"Languages {unknown} are not in the dataset (it has {list(self.languages)}).")
+                raise ValueError(
+                    f"Languages {unknown} are not in the dataset (it has {list(self.languages)})."
+                )
             return Splits({k: list(v) for k, v in explicit.items()}, kind="language")
-        return Splits(split_values(list(self.languages), ratios or (0.6, 0.2, 0.2), seed, names), kind="language")
+        return Splits(
+            split_values(list(self.languages), ratios or (0.6, 0.2, 0.2), seed, names), kind="language"
+        )
 
     def sampler(
         self,

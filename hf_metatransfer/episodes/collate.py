@@ -33,7 +33,11 @@ def tokenize_dataset(
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
         texts = [prefix + t for t in batch[text_column]] if prefix else batch[text_column]
-        return {"input_ids": tokenizer(texts, truncation=max_length is not None, max_length=max_length)["input_ids"]}
+        return {
+            "input_ids": tokenizer(texts, truncation=max_length is not None, max_length=max_length)[
+                "input_ids"
+            ]
+        }
 
     return dataset.map(encode, batched=True, num_proc=num_proc, desc="Tokenising")
 

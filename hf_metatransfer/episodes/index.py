@@ -39,7 +39,9 @@ class GroupIndex:
         key = langs * (len(label_names) + 1) + labels
         order = np.argsort(key, kind="stable")
         sorted_key = key[order]
-        starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]]) if len(key) else np.array([], int)
+        starts = (
+            np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]]) if len(key) else np.array([], int)
+        )
         offsets = np.r_[starts, len(key)].astype(np.int64)
         group_key = sorted_key[starts]
         return cls(

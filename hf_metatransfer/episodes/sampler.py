@@ -93,7 +93,9 @@ class EpisodeSampler:
                 return present
             unknown = [n for n in names if n not in lang_id]
             if unknown:
-                raise ValueError(f"Languages {unknown} are not in the dataset (it has {list(index.lang_names)}).")
+                raise ValueError(
+                    f"Languages {unknown} are not in the dataset (it has {list(index.lang_names)})."
+                )
             return [lang_id[n] for n in names]
 
         if mode == "classes":
@@ -105,7 +107,9 @@ class EpisodeSampler:
             query = lang_ids(query_languages or languages)
             self.pairs = [(a, b) for a in support for b in query if a != b]
             if not self.pairs:
-                raise ValueError("Cross-lingual episodes need a support language different from a query language.")
+                raise ValueError(
+                    "Cross-lingual episodes need a support language different from a query language."
+                )
         weights = np.array(
             [(language_weights or {}).get(index.lang_names[a] if a >= 0 else "", 1.0) for a, _ in self.pairs],
             dtype=np.float64,
@@ -276,7 +280,13 @@ class EpisodeSampler:
         ]  # fmt: skip
 
     def _examples(
-        self, ids: np.ndarray, same: np.ndarray, sup_groups: np.ndarray, qry_groups: np.ndarray, k: int, q: int
+        self,
+        ids: np.ndarray,
+        same: np.ndarray,
+        sup_groups: np.ndarray,
+        qry_groups: np.ndarray,
+        k: int,
+        q: int,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Support rows (B, N, K) and query rows (B, N, Q): same- and cross-language episodes in one draw each."""
         n = sup_groups.shape[1]
@@ -295,5 +305,8 @@ class EpisodeSampler:
             s_groups, q_groups = sup_groups[cross], qry_groups[cross]
             s_offsets = without_replacement(support_keys[cross], counts[s_groups], k)
             q_offsets = without_replacement(query_keys, counts[q_groups], q)
-            support[cross], query[cross] = rows(s_groups[..., None], s_offsets), rows(q_groups[..., None], q_offsets)
+            support[cross], query[cross] = (
+                rows(s_groups[..., None], s_offsets),
+                rows(q_groups[..., None], q_offsets),
+            )
         return support, query

@@ -12,7 +12,9 @@ class SplitLeakError(ValueError):
     """A class (or language) of one split is also in another."""
 
 
-def split_values(values: Sequence, ratios: Sequence[float], seed: int, names: Sequence[str]) -> dict[str, list]:
+def split_values(
+    values: Sequence, ratios: Sequence[float], seed: int, names: Sequence[str]
+) -> dict[str, list]:
     """Seeded partition of ``values`` by ``ratios`` (normalised); each part gets at least one value."""
     if len(ratios) != len(names):
         raise ValueError(f"{len(ratios)} ratios for {len(names)} split names {list(names)}.")

@@ -44,26 +44,40 @@ class LpftShiftArguments:
     lpft_shots: int = field(default=16, metadata={"help": "Source-language training rows per intent."})
     id_test: int = field(default=400, metadata={"help": "Held-out source-language test rows (per seed)."})
     ood_langs: list[str] = field(
-        default_factory=lambda: ["de", "fr", "es", "ru", "zh-CN"], metadata={"help": "Languages of the OOD tests."}
+        default_factory=lambda: ["de", "fr", "es", "ru", "zh-CN"],
+        metadata={"help": "Languages of the OOD tests."},
     )
     ood_per_lang: int = field(default=200, metadata={"help": "OOD test rows per language."})
-    min_id_test: int = field(default=24, metadata={"help": "An intent needs lpft_shots + this many source rows."})
-    min_ood_per_intent: int = field(default=10, metadata={"help": "... and this many rows in every OOD language."})
-    lpft_epochs: float = field(default=10.0, metadata={"help": "Epochs of FT (and of the FT phase of LP-FT)."})
+    min_id_test: int = field(
+        default=24, metadata={"help": "An intent needs lpft_shots + this many source rows."}
+    )
+    min_ood_per_intent: int = field(
+        default=10, metadata={"help": "... and this many rows in every OOD language."}
+    )
+    lpft_epochs: float = field(
+        default=10.0, metadata={"help": "Epochs of FT (and of the FT phase of LP-FT)."}
+    )
     lr: float = field(default=1e-4, metadata={"help": "Learning rate of FT, and of LP-FT's FT phase."})
-    lpft_lr: float | None = field(default=None, metadata={"help": "A different learning rate for LP-FT's FT phase."})
+    lpft_lr: float | None = field(
+        default=None, metadata={"help": "A different learning rate for LP-FT's FT phase."}
+    )
     lpft_warmup: float = field(default=0.1, metadata={"help": "Warmup: steps, or a fraction of them if < 1."})
     lpft_weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay of FT and LP-FT."})
     lpft_batch_size: int = field(default=16, metadata={"help": "Training batch size of FT and LP-FT."})
     eval_batch_size: int = field(default=64, metadata={"help": "Batch size of the accuracy evaluations."})
     pooling: str = field(
         default="mean",
-        metadata={"help": "mean: head on mean-pooled states; pooler: AutoModelForSequenceClassification's pooler."},
+        metadata={
+            "help": "mean: head on mean-pooled states; pooler: AutoModelForSequenceClassification's pooler."
+        },
     )
     train_word_embeddings: bool = field(
-        default=False, metadata={"help": "Train the word embeddings too (frozen by default: slow, no OOD gradient)."}
+        default=False,
+        metadata={"help": "Train the word embeddings too (frozen by default: slow, no OOD gradient)."},
     )
-    text_prefix: str = field(default="query: ", metadata={"help": "Prepended to every input (e5's query prefix)."})
+    text_prefix: str = field(
+        default="query: ", metadata={"help": "Prepended to every input (e5's query prefix)."}
+    )
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -106,12 +120,18 @@ def rows_by_language(data: datasets.Dataset, args: LpftShiftArguments, source: s
         and all(len(rows[lang].get(intent, ())) >= args.min_ood_per_intent for lang in args.ood_langs)
     )
     if len(names) < 2:
-        raise ValueError(f"Only {len(names)} intents pass the size filters: lower min_ood_per_intent / min_id_test.")
-    return names, {lang: {k: rows[lang][name] for k, name in enumerate(names)} for lang in [source, *args.ood_langs]}
+        raise ValueError(
+            f"Only {len(names)} intents pass the size filters: lower min_ood_per_intent / min_id_test."
+        )
+    return names, {
+        lang: {k: rows[lang][name] for k, name in enumerate(names)} for lang in [source, *args.ood_langs]
+    }
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, data: datasets.Dataset, collator: DataCollatorWithPadding, batch_size: int) -> float:
+def accuracy(
+    model: nn.Module, data: datasets.Dataset, collator: DataCollatorWithPadding, batch_size: int
+) -> float:
     """Accuracy in percent; rows sorted by length so that batches carry little padding."""
     model.eval()
     order = sorted(range(len(data)), key=lambda i: len(data[i]["input_ids"]))
@@ -169,13 +189,20 @@ def run_seed(model_init: Callable[[int], nn.Module], args: LpftShiftArguments, s
         # LP-FT first: its probe, evaluated before FT starts, is the LP result.
         for method in ("LP-FT", "FT"):
             start = time.perf_counter()
-            torch.manual_seed(seed)  # the head's initialisation (the same for FT and for LP-FT before its probe)
+            torch.manual_seed(
+                seed
+            )  # the head's initialisation (the same for FT and for LP-FT before its probe)
             model = model_init(len(source_rows))
             if not args.train_word_embeddings:
                 model.get_input_embeddings().weight.requires_grad_(False)
             result["frozen"] = [n for n, p in model.named_parameters() if not p.requires_grad]
-            trainer = FineTuningTrainer(model=model, args=trainer_config(args, seed, out, method == "LP-FT"),
-                                        train_dataset=train, data_collator=collator, processing_class=tokenizer)
+            trainer = FineTuningTrainer(
+                model=model,
+                args=trainer_config(args, seed, out, method == "LP-FT"),
+                train_dataset=train,
+                data_collator=collator,
+                processing_class=tokenizer,
+            )
             trainer.remove_callback(PrinterCallback)  # keeps stdout to the table and the JSON line
             if method == "LP-FT":
                 probe = trainer.run_linear_probe()
@@ -188,7 +215,9 @@ def run_seed(model_init: Callable[[int], nn.Module], args: LpftShiftArguments, s
             result[method].update(train=accuracy(model, train, collator, args.eval_batch_size),
                                   train_loss=train_out.training_loss, steps=trainer.state.global_step,
                                   seconds=time.perf_counter() - start)  # fmt: skip
-            logger.info("seed %d %-6s %s  loss %.3f", seed, method, fmt(result[method]), train_out.training_loss)
+            logger.info(
+                "seed %d %-6s %s  loss %.3f", seed, method, fmt(result[method]), train_out.training_loss
+            )
             del trainer, model
     return result
 
@@ -245,7 +274,9 @@ def run_lpft_shift(
     rng = random.Random(OOD_SEED)
     ood_rows = {lang: round_robin(by_lang[lang], args.ood_per_lang, rng) for lang in args.ood_langs}
     ood_tests = {lang: encode(idx, by_lang[lang]) for lang, idx in ood_rows.items()}
-    logger.info("%d intents; OOD rows %s", len(names), ", ".join(f"{k} {len(v)}" for k, v in ood_rows.items()))
+    logger.info(
+        "%d intents; OOD rows %s", len(names), ", ".join(f"{k} {len(v)}" for k, v in ood_rows.items())
+    )
     per_seed = [{**run_seed(model_init, args, seed, encode, by_lang[source_language], ood_tests, collator, tokenizer),
                  "ood_rows": ood_rows} for seed in seeds]  # fmt: skip
     return {
@@ -267,7 +298,9 @@ def lpft_shift_table(result: dict[str, Any]) -> str:
         rows.append([method, f"{r['id']:.1f} +- {r['id_ci']:.1f}", f"{r['ood']:.1f} +- {r['ood_ci']:.1f}",
                      f"{r['train']:.1f}", *(f"{r['ood_by_lang'][lang]:.1f}" for lang in langs)])  # fmt: skip
     words = "word embeddings FROZEN" if result["frozen"] else "word embeddings TRAINED"
-    lrs = f"lr {result['lr']}" + (f" (FT), {result['lpft_lr']} (LP-FT)" if result["lpft_lr"] != result["lr"] else "")
+    lrs = f"lr {result['lr']}" + (
+        f" (FT), {result['lpft_lr']} (LP-FT)" if result["lpft_lr"] != result["lr"] else ""
+    )
     lines = [
         f"LP vs FT vs LP-FT: {result['classes']} intents x {result['train_examples'] // result['classes']} shots "
         f"({result['train_examples']} rows); ID: {result['id_test']} held-out rows; OOD: {result['ood_per_lang']} "

@@ -40,7 +40,9 @@ class StrategyCallback(TrainerCallback):
         if args.gradual_unfreezing:
             interval = args.unfreeze_interval_steps or self.steps_per_epoch
             stage = (global_step - sched.phase_start) // interval
-            depths &= trainable_depths(layer_map, unfrozen_from_top=1 + stage * args.unfreeze_groups_per_stage)
+            depths &= trainable_depths(
+                layer_map, unfrozen_from_top=1 + stage * args.unfreeze_groups_per_stage
+            )
         if self.trainer.surgical_block_indices is not None:
             depths &= trainable_depths(
                 layer_map, blocks=self.trainer.surgical_block_indices, head=args.surgical_train_head
@@ -50,7 +52,9 @@ class StrategyCallback(TrainerCallback):
     def apply(self, global_step: int) -> None:
         depths = self.trainable_depths(global_step)
         if depths != getattr(self, "_applied", None):
-            set_trainable_(self.trainer.model, self.trainer.layer_map, depths, self.trainer.initially_trainable)
+            set_trainable_(
+                self.trainer.model, self.trainer.layer_map, depths, self.trainer.initially_trainable
+            )
             self._applied = depths
             logger.info("step %d: training depths %s", global_step, sorted(depths))
 
@@ -97,7 +101,9 @@ class StrategyCallback(TrainerCallback):
         else:
             book["bad_evals"] += 1
         if book["bad_evals"] >= args.lp_patience:
-            self.switch_to_ft(state, reason=f"validation loss stopped improving for {args.lp_patience} evaluations")
+            self.switch_to_ft(
+                state, reason=f"validation loss stopped improving for {args.lp_patience} evaluations"
+            )
 
     def switch_to_ft(self, state, reason: str) -> None:
         sched = self.trainer.phase_scheduler

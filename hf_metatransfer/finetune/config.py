@@ -24,14 +24,17 @@ class FineTuningConfig(TrainingArguments):
     # Layer-wise / discriminative learning rates.
     layerwise_lr_decay: float = field(
         default=1.0,
-        metadata={"help": "lr(depth) = learning_rate x decay^(distance from the top); 1.0 turns it off. In (0, 1]."},
+        metadata={
+            "help": "lr(depth) = learning_rate x decay^(distance from the top); 1.0 turns it off. In (0, 1]."
+        },
     )
     head_learning_rate: float | None = field(
         default=None, metadata={"help": "LR of the head; defaults to learning_rate."}
     )
     # LP-FT.
     lp_ft: bool = field(
-        default=False, metadata={"help": "Linear probing (head only) first, then full fine-tuning (Kumar et al. 2022)."}
+        default=False,
+        metadata={"help": "Linear probing (head only) first, then full fine-tuning (Kumar et al. 2022)."},
     )
     linear_probe: str = field(
         default="sgd",
@@ -40,13 +43,13 @@ class FineTuningConfig(TrainingArguments):
             "(L-BFGS) or 'lstsq' (closed form) fit the head once on features extracted from the frozen backbone."
         },
     )
-    lp_learning_rate: float = field(default=1e-3, metadata={"help": "LR of the head during the 'sgd' LP phase."})
+    lp_learning_rate: float = field(
+        default=1e-3, metadata={"help": "LR of the head during the 'sgd' LP phase."}
+    )
     lp_max_steps: int = field(
         default=0, metadata={"help": "Step budget of the LP phase (0: none; then lp_num_epochs or patience)."}
     )
-    lp_num_epochs: float = field(
-        default=0.0, metadata={"help": "Epoch budget of the LP phase (0: none)."}
-    )
+    lp_num_epochs: float = field(default=0.0, metadata={"help": "Epoch budget of the LP phase (0: none)."})
     lp_patience: int = field(
         default=0,
         metadata={
@@ -59,17 +62,22 @@ class FineTuningConfig(TrainingArguments):
     )
     # Gradual unfreezing (ULMFiT).
     gradual_unfreezing: bool = field(
-        default=False, metadata={"help": "Train the head first, then unfreeze one more group from the top per stage."}
+        default=False,
+        metadata={"help": "Train the head first, then unfreeze one more group from the top per stage."},
     )
     unfreeze_interval_steps: int = field(
         default=0, metadata={"help": "Steps per unfreezing stage (0: one stage per epoch)."}
     )
-    unfreeze_groups_per_stage: int = field(default=1, metadata={"help": "Groups (blocks) unfrozen per stage."})
+    unfreeze_groups_per_stage: int = field(
+        default=1, metadata={"help": "Groups (blocks) unfrozen per stage."}
+    )
     slanted_triangular: bool = field(
         default=False, metadata={"help": "ULMFiT's slanted triangular LR instead of lr_scheduler_type."}
     )
     stlr_cut_frac: float = field(default=0.1, metadata={"help": "Fraction of steps of the STLR rise."})
-    stlr_ratio: float = field(default=32.0, metadata={"help": "Ratio of the largest to the smallest STLR LR."})
+    stlr_ratio: float = field(
+        default=32.0, metadata={"help": "Ratio of the largest to the smallest STLR LR."}
+    )
     # Surgical fine-tuning.
     surgical_blocks: list[str] | None = field(
         default=None,
@@ -77,7 +85,9 @@ class FineTuningConfig(TrainingArguments):
             "help": "Only these blocks train: 'first', 'middle', 'last', 'all' or indices (negative from the top)."
         },
     )
-    surgical_train_head: bool = field(default=True, metadata={"help": "The head trains too in surgical fine-tuning."})
+    surgical_train_head: bool = field(
+        default=True, metadata={"help": "The head trains too in surgical fine-tuning."}
+    )
     auto_rgn: bool = field(
         default=False,
         metadata={
@@ -85,16 +95,24 @@ class FineTuningConfig(TrainingArguments):
             "largest, recomputed every epoch (or auto_rgn_interval_steps)."
         },
     )
-    auto_rgn_interval_steps: int = field(default=0, metadata={"help": "Steps between Auto-RGN updates (0: per epoch)."})
+    auto_rgn_interval_steps: int = field(
+        default=0, metadata={"help": "Steps between Auto-RGN updates (0: per epoch)."}
+    )
     # Re-initialisation (Zhang et al. 2021).
     reinit_head: bool = field(default=False, metadata={"help": "Re-initialise the head before training."})
-    reinit_top_k_blocks: int = field(default=0, metadata={"help": "Re-initialise the top k blocks before training."})
+    reinit_top_k_blocks: int = field(
+        default=0, metadata={"help": "Re-initialise the top k blocks before training."}
+    )
     # Layer map of one's own.
     layer_map_blocks_regex: str | None = field(
         default=None,
-        metadata={"help": "Regex whose first group is the block index, for architectures the layer map cannot read."},
+        metadata={
+            "help": "Regex whose first group is the block index, for architectures the layer map cannot read."
+        },
     )
-    layer_map_head_regex: str | None = field(default=None, metadata={"help": "Regex of head parameter names."})
+    layer_map_head_regex: str | None = field(
+        default=None, metadata={"help": "Regex of head parameter names."}
+    )
 
     def __post_init__(self) -> None:
         self._check_deepspeed()  # before TrainingArguments, which imports deepspeed
@@ -102,7 +120,11 @@ class FineTuningConfig(TrainingArguments):
         check_decay(self.layerwise_lr_decay)
         if self.linear_probe not in LINEAR_PROBES:
             raise ValueError(f"linear_probe={self.linear_probe!r} is unknown: use one of {LINEAR_PROBES}.")
-        if self.lp_ft and self.linear_probe == "sgd" and not (self.lp_max_steps or self.lp_num_epochs or self.lp_patience):
+        if (
+            self.lp_ft
+            and self.linear_probe == "sgd"
+            and not (self.lp_max_steps or self.lp_num_epochs or self.lp_patience)
+        ):
             raise ValueError(
                 "lp_ft with linear_probe='sgd' needs a way to end the probing phase: set lp_max_steps, "
                 "lp_num_epochs or lp_patience (or use linear_probe='logistic' to fit the head in one go)."

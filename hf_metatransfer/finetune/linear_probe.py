@@ -187,7 +187,13 @@ def _standardised_fit(
 
 
 def _fit_standardised(
-    x: np.ndarray, y: np.ndarray, num_labels: int, solver: Solver, c: float, fit_intercept: bool, max_iter: int
+    x: np.ndarray,
+    y: np.ndarray,
+    num_labels: int,
+    solver: Solver,
+    c: float,
+    fit_intercept: bool,
+    max_iter: int,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     scaler = StandardScaler(with_mean=fit_intercept).fit(x)
     xs = scaler.transform(x)

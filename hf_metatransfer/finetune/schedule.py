@@ -61,7 +61,9 @@ class PhasedLR(LRScheduler):
     ) -> None:
         for name, phase in phases.items():
             if len(phase["base_lrs"]) != len(optimizer.param_groups):
-                raise ValueError(f"Phase {name!r} has {len(phase['base_lrs'])} LRs for {len(optimizer.param_groups)} groups.")
+                raise ValueError(
+                    f"Phase {name!r} has {len(phase['base_lrs'])} LRs for {len(optimizer.param_groups)} groups."
+                )
             schedule_factor(phase["schedule"], 0, 1)  # validates the schedule name early
         self.phases = {k: dict(v, base_lrs=list(v["base_lrs"])) for k, v in phases.items()}
         self.phase = first_phase

@@ -32,12 +32,22 @@ class FineTuningTrainer(HubCardMixin, Trainer):
 
     args: FineTuningConfig
 
-    def __init__(self, model: nn.Module | None = None, args: FineTuningConfig | None = None, *,
-                 layer_map: LayerMap | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: FineTuningConfig | None = None,
+        *,
+        layer_map: LayerMap | None = None,
+        **kwargs,
+    ) -> None:
         if args is None or not isinstance(args, FineTuningConfig):
-            raise TypeError("FineTuningTrainer needs args=FineTuningConfig(...) (a TrainingArguments subclass).")
+            raise TypeError(
+                "FineTuningTrainer needs args=FineTuningConfig(...) (a TrainingArguments subclass)."
+            )
         if model is None:
-            raise ValueError("FineTuningTrainer needs a model (model_init is supported by the search helpers).")
+            raise ValueError(
+                "FineTuningTrainer needs a model (model_init is supported by the search helpers)."
+            )
         _disable_loss_kwargs(model)
         if args.lp_patience and kwargs.get("eval_dataset") is None:
             raise ValueError("lp_patience switches LP -> FT on the validation loss: pass eval_dataset=... .")
@@ -58,8 +68,13 @@ class FineTuningTrainer(HubCardMixin, Trainer):
             self.surgical_block_indices = None
         if args.reinit_head or args.reinit_top_k_blocks:
             generator = torch.Generator().manual_seed(args.seed)
-            reinit_(model, layer_map, head=args.reinit_head, top_k_blocks=args.reinit_top_k_blocks,
-                    generator=generator)
+            reinit_(
+                model,
+                layer_map,
+                head=args.reinit_head,
+                top_k_blocks=args.reinit_top_k_blocks,
+                generator=generator,
+            )
         self.linear_probe_info: dict | None = None
         callbacks = list(kwargs.pop("callbacks", None) or [])
         callbacks.append(StrategyCallback(self))
@@ -79,8 +94,8 @@ class FineTuningTrainer(HubCardMixin, Trainer):
                 per_tensor=self.args.auto_rgn,
             )
             groups = [g for g in groups if any(n in self.initially_trainable for n in g["param_names"])]
-            self.optimizer_cls_and_kwargs = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(
-                self.args, opt_model
+            self.optimizer_cls_and_kwargs = (
+                self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             )
             optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
             optimizer_kwargs = {k: v for k, v in optimizer_kwargs.items() if k != "lr"}

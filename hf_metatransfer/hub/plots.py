@@ -99,8 +99,12 @@ def method_comparison(rows: Sequence[tuple[str, float, float]], path: str | Path
     names = [r[0] for r in rows][::-1]
     means, halves = [r[1] for r in rows][::-1], [r[2] for r in rows][::-1]
     ax.barh(names, means, xerr=halves, capsize=3, color="tab:blue")
-    for y, (mean, half) in enumerate(zip(means, halves)):  # the figures themselves: bars from 0 hide small gaps
-        ax.text(0.02, y, f"{100 * mean:.1f} +- {100 * half:.1f}", va="center", color="white", fontsize="small")
+    for y, (mean, half) in enumerate(
+        zip(means, halves)
+    ):  # the figures themselves: bars from 0 hide small gaps
+        ax.text(
+            0.02, y, f"{100 * mean:.1f} +- {100 * half:.1f}", va="center", color="white", fontsize="small"
+        )
     ax.set_xlim(0, 1)
     ax.set_xlabel("query accuracy (95% CI)")
     if title:

@@ -41,7 +41,9 @@ def adapted_model(model: nn.Module, algorithm: MetaAlgorithm, support: Batch) ->
 def _prototype_head(model: nn.Module, algorithm: ProtoNets, support: Batch) -> nn.Module:
     head = fast_weight_names(model, "head")
     weights = algorithm.weights(model)
-    means = algorithm.prototypes(algorithm.pooled(model, weights, support), support["labels"])  # n_way x hidden
+    means = algorithm.prototypes(
+        algorithm.pooled(model, weights, support), support["labels"]
+    )  # n_way x hidden
     if algorithm.projection is not None:
         projected = means @ algorithm.projection.weight.T  # the projection's bias cancels in every distance
         weight, bias = 2 * projected @ algorithm.projection.weight, -projected.pow(2).sum(-1)

@@ -391,7 +391,9 @@ class ProtoNets(MetaAlgorithm):
             return
         hidden = getattr(getattr(model, "config", None), "hidden_size", None)
         if hidden is None:
-            raise ValueError("A ProtoNets projection needs the embedding size: the model has no config.hidden_size.")
+            raise ValueError(
+                "A ProtoNets projection needs the embedding size: the model has no config.hidden_size."
+            )
         self.projection = nn.Linear(hidden, self.projection_dim)
         with torch.no_grad():  # the same start in every process: a fixed generator, not the global RNG
             square = torch.empty(max(hidden, self.projection_dim), max(hidden, self.projection_dim))

@@ -10,7 +10,15 @@ from .algorithms import ALGORITHMS
 from .fast_weights import FAST_WEIGHTS
 
 #: transformers' schedules that need nothing beyond warmup and total steps (``transformers.get_scheduler``).
-SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "inverse_sqrt")
+SCHEDULES = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "inverse_sqrt",
+)
 OPTIMIZERS = ("adamw_torch", "sgd")
 
 
@@ -26,7 +34,8 @@ class MetaTrainingConfig:
                           "algorithm's). TrainingArguments has no inner loop, hence names of its own."},
     )  # fmt: skip
     inner_lr: float | None = field(
-        default=None, metadata={"help": "LR of the inner loop (default: the algorithm's); learning_rate is the outer."}
+        default=None,
+        metadata={"help": "LR of the inner loop (default: the algorithm's); learning_rate is the outer."},
     )
     fast_weights: str | None = field(
         default=None,
@@ -42,7 +51,9 @@ class MetaTrainingConfig:
     )
     projection_dim: int = field(
         default=0,
-        metadata={"help": "ProtoNets: size of a learned linear projection of the embeddings, meta-learned (0: none)."},
+        metadata={
+            "help": "ProtoNets: size of a learned linear projection of the embeddings, meta-learned (0: none)."
+        },
     )
     meta_batch_size: int = field(
         default=4, metadata={"help": "Tasks a meta-step, over all processes together."}
@@ -64,7 +75,9 @@ class MetaTrainingConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the outer optimizer."})
     lr_scheduler_type: str = field(
         default="constant",
-        metadata={"help": f"Outer LR schedule over max_steps (transformers.get_scheduler), one of {SCHEDULES}."},
+        metadata={
+            "help": f"Outer LR schedule over max_steps (transformers.get_scheduler), one of {SCHEDULES}."
+        },
     )
     warmup_steps: float = field(
         default=0,
@@ -95,11 +108,13 @@ class MetaTrainingConfig:
         default=100, metadata={"help": "Checkpoint every this many steps (0: only at the end)."}
     )
     save_total_limit: int = field(
-        default=2, metadata={"help": "Newest checkpoints kept (0: all); the best model is kept in best/ besides."}
+        default=2,
+        metadata={"help": "Newest checkpoints kept (0: all); the best model is kept in best/ besides."},
     )
     logging_steps: int = field(default=10, metadata={"help": "Log every this many steps."})
     report_to: list[str] = field(
-        default_factory=list, metadata={"help": "Trackers for accelerate: tensorboard, wandb... ('none': none)."}
+        default_factory=list,
+        metadata={"help": "Trackers for accelerate: tensorboard, wandb... ('none': none)."},
     )
     seed: int = field(default=0, metadata={"help": "Seed of the episodes and of everything else."})
     resume_from_checkpoint: str | None = field(

@@ -141,4 +141,6 @@ def meta_test(
         seconds += time.perf_counter() - start
         accuracies.append((logits.argmax(-1).cpu() == query["labels"].cpu()).float().mean().item())
     mean, half = confidence_interval(accuracies)
-    return MetaTestResult(name or method.name, mean, half, seconds / max(len(episodes), 1), len(episodes), accuracies)
+    return MetaTestResult(
+        name or method.name, mean, half, seconds / max(len(episodes), 1), len(episodes), accuracies
+    )

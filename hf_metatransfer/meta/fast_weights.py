@@ -37,9 +37,13 @@ def fast_weight_names(
     if which == "head":
         depths = {layer_map.top_depth}
         if not layer_map.head.param_names:
-            raise ValueError(f"{layer_map.model_class} has no head parameters of its own to adapt (tied LM head?).")
+            raise ValueError(
+                f"{layer_map.model_class} has no head parameters of its own to adapt (tied LM head?)."
+            )
     else:
         if not 1 <= top_k <= layer_map.num_blocks:
-            raise ValueError(f"top_k={top_k} is out of range: {layer_map.model_class} has {layer_map.num_blocks} blocks.")
+            raise ValueError(
+                f"top_k={top_k} is out of range: {layer_map.model_class} has {layer_map.num_blocks} blocks."
+            )
         depths = set(range(layer_map.top_depth - top_k, layer_map.top_depth + 1))
     return [n for g in layer_map if g.depth in depths for n in g.param_names if n in trainable]

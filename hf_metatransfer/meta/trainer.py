@@ -136,19 +136,27 @@ class MetaTrainer:
     def _optimizer(self) -> torch.optim.Optimizer:
         params = [p for _, p in self.params]
         if self.config.optim == "sgd":
-            return torch.optim.SGD(params, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
+            return torch.optim.SGD(
+                params, lr=self.config.learning_rate, weight_decay=self.config.weight_decay
+            )
         return torch.optim.AdamW(params, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
 
     # -- one meta-step -------------------------------------------------------------------------------------
     def task_ids(self, step: int) -> list[int]:
         """This process's share of step ``step``'s meta-batch."""
-        b, world, rank = self.config.meta_batch_size, self.accelerator.num_processes, self.accelerator.process_index
+        b, world, rank = (
+            self.config.meta_batch_size,
+            self.accelerator.num_processes,
+            self.accelerator.process_index,
+        )
         return [step * b + i for i in range(b) if i % world == rank]
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         """torch.autocast in the precision in force, on CPU too (accelerate's autocast skips fp16 on CPU)."""
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        return torch.autocast(self.accelerator.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        return (
+            torch.autocast(self.accelerator.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        )
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.accelerator.device) for k, v in batch.items()}
@@ -185,7 +193,9 @@ class MetaTrainer:
                 logger.info("step %d: inf/NaN meta-gradient under fp16: step skipped, loss scale now %g", step,
                             scaler.scale)  # fmt: skip
         elif skipped:
-            logger.warning("step %d: %d task(s) with a non-finite loss or gradient were skipped", step, skipped)
+            logger.warning(
+                "step %d: %d task(s) with a non-finite loss or gradient were skipped", step, skipped
+            )
         self.state.skipped_steps += int(skip_step)
         if not skip_step:
             flat /= ok
@@ -206,7 +216,9 @@ class MetaTrainer:
             **({"loss_scale": scaler.scale} if scaler else {}),
         }
 
-    def _add(self, flat: torch.Tensor, totals: torch.Tensor, result: TaskResult, ok: int, skipped: int) -> None:
+    def _add(
+        self, flat: torch.Tensor, totals: torch.Tensor, result: TaskResult, ok: int, skipped: int
+    ) -> None:
         """Add ``ok`` tasks whose mean is ``result``: mean x ok, so this process sums its tasks' gradients, the
         all-reduce sums the processes', and the division by the global count of ok tasks gives the global mean."""
         totals[1] += skipped
@@ -249,7 +261,11 @@ class MetaTrainer:
             stop = False
             if c.eval_steps and self.eval_sampler is not None and self.state.step % c.eval_steps == 0:
                 stop = self._validate()
-            if (c.save_steps and self.state.step % c.save_steps == 0) or stop or self.state.step == c.max_steps:
+            if (
+                (c.save_steps and self.state.step % c.save_steps == 0)
+                or stop
+                or self.state.step == c.max_steps
+            ):
                 self.save_checkpoint()
             if stop:
                 logger.info("Early stopping at step %d (best %s at step %s)", self.state.step,
@@ -269,9 +285,13 @@ class MetaTrainer:
             return c.resume_from_checkpoint
         last = self.checkpoints()[-1:] if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 else []
         if last and self._read_state(last[0]).launch_id == os.environ.get("TORCHELASTIC_RUN_ID"):
-            logger.warning("Elastic restart: resuming from %s, this launch's last complete checkpoint.", last[0])
+            logger.warning(
+                "Elastic restart: resuming from %s, this launch's last complete checkpoint.", last[0]
+            )
             return str(last[0])
-        previous = sorted(p.name for p in out.glob("checkpoint-*")) + [CONFIG_FILE] * (out / CONFIG_FILE).exists()
+        previous = (
+            sorted(p.name for p in out.glob("checkpoint-*")) + [CONFIG_FILE] * (out / CONFIG_FILE).exists()
+        )
         if previous and not c.overwrite_output_dir:
             raise FileExistsError(
                 f"{out} already holds a meta-training run ({', '.join(previous[:4])}). Pass "
@@ -279,7 +299,9 @@ class MetaTrainer:
                 "output_dir."
             )
         if previous and self.accelerator.is_main_process:
-            logger.warning("overwrite_output_dir: removing the previous run's checkpoints and best model in %s", out)
+            logger.warning(
+                "overwrite_output_dir: removing the previous run's checkpoints and best model in %s", out
+            )
             for old in [*out.glob("checkpoint-*"), out / "best"]:
                 shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
@@ -320,7 +342,9 @@ class MetaTrainer:
                       str(folder / "model.safetensors"))  # fmt: skip
         extra = self.algorithm.state_dict()
         if extra:
-            save_file({k: v.detach().cpu().contiguous() for k, v in extra.items()}, str(folder / ALGORITHM_STATE))
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in extra.items()}, str(folder / ALGORITHM_STATE)
+            )
         (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
 
     @property
@@ -328,7 +352,9 @@ class MetaTrainer:
         """The repo ``push_to_hub`` writes to: ``hub_model_id``, else the name of output_dir (as Trainer does)."""
         return self.config.hub_model_id or Path(self.config.output_dir).resolve().name
 
-    def push_to_hub(self, commit_message: str = "Meta-trained with hf-metatransfer", ignore_patterns: tuple = ()):
+    def push_to_hub(
+        self, commit_message: str = "Meta-trained with hf-metatransfer", ignore_patterns: tuple = ()
+    ):
         """Upload output_dir (the model and whatever was written beside it: card, results), without checkpoints,
         ``best/`` or the workers' private files, from the main process (others return None; ``train`` already
         ended the process group, so nothing waits here); retried, the local folder left intact."""
@@ -403,7 +429,9 @@ class MetaTrainer:
     def load_checkpoint(self, folder: Path) -> None:
         """Weights (safetensors), optimizer, scheduler, RNG and loop state: the run continues as if uninterrupted."""
         if not (folder / TRAINER_STATE).exists():
-            raise FileNotFoundError(f"{folder} is not a complete MetaTrainer checkpoint (no {TRAINER_STATE}).")
+            raise FileNotFoundError(
+                f"{folder} is not a complete MetaTrainer checkpoint (no {TRAINER_STATE})."
+            )
         state = self._read_state(folder)
         self._check_compatible(folder)
         weights = load_file(str(folder / "model.safetensors"))  # copied onto each parameter's device below
@@ -431,7 +459,9 @@ def load_algorithm_state(algorithm: MetaAlgorithm, source: str | Path, **hub_kwa
 
         try:
             path = hf_hub_download(str(source), ALGORITHM_STATE, **hub_kwargs)
-        except RemoteEntryNotFoundError:  # the repo has no algorithm state: nothing beyond the weights was learned
+        except (
+            RemoteEntryNotFoundError
+        ):  # the repo has no algorithm state: nothing beyond the weights was learned
             return False
         except LocalEntryNotFoundError:  # offline and not cached: it may exist, so say so rather than guess
             logger.warning("Could not check %s for %s (offline and not in the cache): the algorithm keeps its "
@@ -444,7 +474,9 @@ def load_algorithm_state(algorithm: MetaAlgorithm, source: str | Path, **hub_kwa
 def _cpu_distributed() -> bool:
     """Several processes (torchrun, accelerate launch) and no GPU: accelerate (1.15) joins the process group on
     CPU only when asked to; otherwise every rank would run the whole job as the main process (pitfalls)."""
-    has_accelerator = torch.cuda.is_available() or (hasattr(torch, "accelerator") and torch.accelerator.is_available())
+    has_accelerator = torch.cuda.is_available() or (
+        hasattr(torch, "accelerator") and torch.accelerator.is_available()
+    )
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_accelerator
 
 
@@ -453,7 +485,9 @@ def _join_restarted_process_group() -> None:
     default keys still hold the killed attempt's addresses, and gloo then dials dead ports (seen on torch 2.13)."""
     import torch.distributed as dist
 
-    restart, world = (int(os.environ.get(k, d)) for k, d in (("TORCHELASTIC_RESTART_COUNT", "0"), ("WORLD_SIZE", "1")))
+    restart, world = (
+        int(os.environ.get(k, d)) for k, d in (("TORCHELASTIC_RESTART_COUNT", "0"), ("WORLD_SIZE", "1"))
+    )
     if not restart or world < 2 or not dist.is_available() or dist.is_initialized():
         return
     rank = int(os.environ["RANK"])

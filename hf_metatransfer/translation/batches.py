@@ -145,7 +145,9 @@ class TranslationBatcher:
             ids = self._ids(self.prompt.seq2seq_source(source, source_lang, target_lang), special=True)
             labels = self.tokenizer(text_target=target, add_special_tokens=True)["input_ids"]
             eos = self.tokenizer.eos_token_id
-            if eos is not None and labels[-1:] != [eos]:  # a tokenizer that adds no EOS: the model must learn to stop
+            if eos is not None and labels[-1:] != [
+                eos
+            ]:  # a tokenizer that adds no EOS: the model must learn to stop
                 labels.append(eos)
             truncated += len(ids) > self.max_length or len(labels) > self.max_target_length
             rows.append((_cut(ids, self.max_length), _cut(labels, self.max_target_length)))
