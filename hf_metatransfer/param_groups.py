@@ -65,6 +65,13 @@ def layerwise_param_groups(
     """
     check_decay(decay)
     layer_map = layer_map or build_layer_map(model)
+    head = [g for g in layer_map.groups if g.depth == layer_map.top_depth]
+    if head_lr is not None and not any(g.param_names for g in head):
+        raise ValueError(
+            f"head_learning_rate={head_lr} has no head to apply to: {type(model).__name__}'s output layer shares its "
+            "weights with the input embeddings (tie_word_embeddings), so they take the embeddings' layer-wise LR. "
+            "Unset head_learning_rate, or load the model with tie_word_embeddings=False to give the head its own."
+        )
     params = dict(model.named_parameters())
     no_decay = no_decay_param_names(model)
     groups: list[dict] = []

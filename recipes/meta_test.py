@@ -9,7 +9,8 @@ and the inner-loop options of meta-training); nearest centroid, a linear probe, 
 base encoder (``--baseline_model_name_or_path``). Episodes are the saved ones (a folder written by meta-training,
 or the dataset repo it pushed) or, without ``--episodes``, drawn afresh from the test split. Saved episodes hold
 row numbers of the intents dataset: pass the same data options (languages, splits, slots, cap, seed) as the run
-that saved them, for instance its YAML config.
+that saved them, for instance its YAML config. Their fingerprint is checked before any model is loaded: other
+options, or other sentences under the same options, are refused.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import datasets
 
 from hf_metatransfer.cli_args import parse_args
-from hf_metatransfer.episodes import episodes_from_dataset
+from hf_metatransfer.episodes import episodes_from_dataset, verify_episodes
 from hf_metatransfer.meta import MetaTrainingConfig, build_algorithm, load_algorithm_state
 from hf_metatransfer.recipes.finetune import EMBEDDED, ModelArguments
 from hf_metatransfer.recipes.meta_train import (
@@ -54,13 +55,27 @@ class MetaTestArguments:
     )
 
 
+# What saved episodes depend on: the rows and splits of the data, and how the episodes were drawn (the results
+# record these). Not max_length (tokenisation only) nor the number of episodes (the saved set is the set).
+DATA_OPTIONS = ("languages", "validation_languages", "test_languages", "class_ratios", "cap_per_intent", "slots",
+                "mode", "support_languages", "query_languages", "n_way", "k_shot", "q_query")  # fmt: skip
+
+
+def data_options(ep: EpisodeArguments, seed: int) -> dict:
+    """The options saved test episodes are checked against (meta-training records all of ``ep`` and the seed)."""
+    return {name: getattr(ep, name) for name in DATA_OPTIONS} | {"seed": seed}
+
+
+def load_episode_dataset(source: str) -> datasets.Dataset:
+    """A saved folder, or a pushed dataset repo (``push_episodes`` writes the split 'test')."""
+    if os.path.isdir(source):
+        return datasets.load_from_disk(source)
+    splits = datasets.load_dataset(source)
+    return splits[next(iter(splits))] if len(splits) == 1 else splits["test"]
+
+
 def load_episodes(source: str) -> list:
-    data = (
-        datasets.load_from_disk(source)
-        if os.path.isdir(source)
-        else datasets.load_dataset(source, split="train")
-    )
-    return episodes_from_dataset(data)
+    return episodes_from_dataset(load_episode_dataset(source))
 
 
 def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingConfig,
@@ -68,12 +83,9 @@ def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingC
     logging.basicConfig(level=logging.INFO)
     setup = setup_episodes(model_args, ep, config.seed)
     if test.episodes:
-        episodes = load_episodes(test.episodes)
-        rows = len(setup.tasks.dataset)
-        beyond = [e.episode_id for e in episodes if int(max(e.support.max(), e.query.max())) >= rows]
-        if beyond:
-            raise ValueError(f"Episodes {beyond[:5]} point past the {rows} rows of the intents dataset: pass the "
-                             "data options (languages, cap_per_intent, slots, seed) of the run that saved them.")  # fmt: skip
+        saved = load_episode_dataset(test.episodes)
+        verify_episodes(saved, setup.tasks.dataset, data_options(ep, config.seed), cli_flags=True)
+        episodes = episodes_from_dataset(saved)
     else:
         episodes = setup.sampler(ep, "test", config.seed + 2).batch(range(ep.test_episodes))
     model = setup.load_model(model_args, ep.n_way, config.seed).eval()

@@ -246,15 +246,15 @@ def score_against_baselines(model, algorithm, meta_name: str, pretrained, test_e
 def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingConfig) -> dict:
     logging.basicConfig(level=logging.INFO)
     setup = setup_episodes(model_args, ep, config.seed)
-    model = setup.load_model(model_args, ep.n_way, config.seed)
     if (
         ep.adapted_episodes
         and config.algorithm == "protonets"
-        and not isinstance(model, MeanPoolBertForSequenceClassification)
-    ):
+        and not issubclass(setup.model_class, MeanPoolBertForSequenceClassification)
+    ):  # decided from the class, before the model is loaded
         raise ValueError(f"adapted_episodes with ProtoNets writes the prototypes into a head on the mean-pooled "
-                         f"states; {type(model).__name__} has another head: use model_name_or_path "
+                         f"states; {setup.model_class.__name__} has another head: use model_name_or_path "
                          f"{EMBEDDED_MULTILINGUAL!r} (MeanPoolBertForSequenceClassification) or adapted_episodes 0.")  # fmt: skip
+    model = setup.load_model(model_args, ep.n_way, config.seed)
     trainer = MetaTrainer(model, config, setup.sampler(ep, "train", config.seed), setup.collate,
                           eval_sampler=setup.sampler(ep, "validation", config.seed + 1))  # fmt: skip
     trainer.train()
@@ -262,7 +262,9 @@ def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingC
     if trainer.accelerator.is_main_process:
         test_episodes = setup.sampler(ep, "test", config.seed + 2).batch(range(ep.test_episodes))
         out = Path(config.output_dir)
-        episodes_to_dataset(test_episodes).save_to_disk(out / "test_episodes")
+        episodes_to_dataset(
+            test_episodes, setup.tasks.dataset, options=asdict(ep) | {"seed": config.seed}
+        ).save_to_disk(out / "test_episodes")
         rows = score_against_baselines(model, trainer.algorithm, f"{config.algorithm} (meta-learned)",
                                        setup.load_model(model_args, ep.n_way, config.seed), test_episodes, setup.collate, ep,
                                        out)  # fmt: skip
@@ -279,7 +281,13 @@ def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingC
             from hf_metatransfer.hub.publish import push_episodes
 
             trainer.push_to_hub(ignore_patterns=("test_episodes/**",))
-            push_episodes(episodes_to_dataset(test_episodes), episodes_repo, private=config.hub_private_repo)
+            push_episodes(
+                episodes_to_dataset(
+                    test_episodes, setup.tasks.dataset, options=asdict(ep) | {"seed": config.seed}
+                ),
+                episodes_repo,
+                private=config.hub_private_repo,
+            )
     return results
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hf_metatransfer.cli_args import parse_args
-from hf_metatransfer.hub import PublishError, fine_tuned_card_from_results, push_folder, write_card
+from hf_metatransfer.hub import fine_tuned_card_from_results, push_folder, write_card
 from hf_metatransfer.hub.cards import CARD_NAME
 
 logger = logging.getLogger("hf_metatransfer.publish")
@@ -70,7 +70,7 @@ def ensure_card(args: PublishArguments) -> Path:
         return card
     results = folder / "results.json"
     if not results.is_file():
-        raise SystemExit(
+        raise FileNotFoundError(
             f"{folder} has no {CARD_NAME} and no results.json to write one from: publish the output folder of a "
             "recipe (hf-metatransfer finetune writes both), or add a README.md."
         )
@@ -92,28 +92,26 @@ def main(args: PublishArguments) -> str:
     logging.basicConfig(level=logging.INFO)
     folder = Path(args.folder)
     if not folder.is_dir():
-        raise SystemExit(f"{folder} is not a folder.")
+        raise NotADirectoryError(f"{folder} is not a folder: give --folder the output folder of a recipe.")
     if args.repo_type == "model" and not any(
         (folder / f).is_file() for f in ("config.json", "adapter_config.json")
     ):
-        raise SystemExit(
-            f"{folder} has no config.json or adapter_config.json: it does not look like a saved model."
+        raise FileNotFoundError(
+            f"{folder} has no config.json or adapter_config.json: it does not look like a saved model (give the "
+            "output folder of a recipe, or --repo_type dataset for data)."
         )
     ensure_card(args)
-    try:
-        commit = push_folder(
-            folder,
-            args.repo_id,
-            repo_type=args.repo_type,
-            path_in_repo=args.path_in_repo,
-            token=args.token,
-            private=args.private,
-            revision=args.revision,
-            commit_message=args.commit_message,
-            max_retries=args.max_retries,
-        )
-    except PublishError as err:
-        raise SystemExit(str(err)) from None
+    commit = push_folder(
+        folder,
+        args.repo_id,
+        repo_type=args.repo_type,
+        path_in_repo=args.path_in_repo,
+        token=args.token,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        max_retries=args.max_retries,
+    )  # a PublishError says what failed and that the folder is intact (the CLI prints it, exit 2)
     if commit is None:  # not the main process
         return ""
     print(f"Published {folder} to {commit.commit_url}")

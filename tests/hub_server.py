@@ -155,10 +155,12 @@ class HubServer:
             self._httpd = None
 
     def fail(self, route: str, times: int | None = 1, mode: str = "500") -> None:
-        """Fail the next ``times`` requests of ``route`` (``None``: every one) with ``mode`` '500' or 'drop'."""
-        if route not in ROUTES or mode not in ("500", "drop"):
+        """Fail the next ``times`` requests of ``route`` (``None``: every one) with ``mode``: an HTTP status
+        ('500', or a refusal: '403' as for a read-only token, '404' as for an unknown owner) or 'drop' (the
+        connection closed)."""
+        if route not in ROUTES or mode not in ("500", "403", "404", "drop"):
             raise ValueError(
-                f"route must be one of {ROUTES} and mode '500' or 'drop', got {route!r}, {mode!r}"
+                f"route must be one of {ROUTES} and mode '500', '403', '404' or 'drop', got {route!r}, {mode!r}"
             )
         with self.lock:
             self._faults[route] = (times, mode)
@@ -279,6 +281,10 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if fault == "500":
                 raise HubError(500, f"Internal Error (injected fault on {route})")
+            if fault == "403":
+                raise HubError(403, "You don't have the rights to create a model under this namespace")
+            if fault == "404":
+                raise HubError(404, "Repository not found", "RepoNotFound")
             if handler is None:
                 self.hub.unknown.append((method, url.path))
                 raise HubError(404, f"No route {method} {url.path} in the test Hub")

@@ -308,7 +308,7 @@ def uneven_languages():
     [
         dict(n_way=3, k_shot=2, q_query=3, classes=[0, 2, 3, 5, 7]),
         dict(n_way=(2, 4), k_shot=(1, 3), q_query=(1, 3), mode="monolingual", language_weights={"de": 3.0}),
-        dict(n_way=(2, 4), k_shot=(1, 3), q_query=(0, 3), mode="cross-lingual", seed=5),
+        dict(n_way=(2, 4), k_shot=(1, 3), q_query=(1, 3), mode="cross-lingual", seed=5),
         dict(n_way=3, k_shot=2, q_query=2, mode="cross-lingual", support_languages=["fr"], seed=1),
     ],
 )

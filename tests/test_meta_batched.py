@@ -230,5 +230,7 @@ def test_trainer_counts_non_finite_tasks_with_batched_tasks(tmp_path):
         model.classifier.weight.fill_(float("inf"))
     config = MetaTrainingConfig(output_dir=str(tmp_path), algorithm="fomaml", inner_steps=1, inner_lr=0.3,
                                 meta_batch_size=4, max_steps=2, eval_steps=0, save_steps=0, disable_tqdm=True)  # fmt: skip
-    state = MetaTrainer(model, config, train, collate).train()
-    assert state.skipped_tasks == 8 and torch.isinf(model.classifier.weight).all()
+    trainer = MetaTrainer(model, config, train, collate)
+    with pytest.raises(RuntimeError, match="None of the 2 meta-steps updated the weights"):
+        trainer.train()
+    assert trainer.state.skipped_tasks == 8 and torch.isinf(model.classifier.weight).all()

@@ -95,15 +95,30 @@ def test_second_order_switches_to_eager_attention(tmp_path):
     assert model.config._attn_implementation == "eager"
 
 
-def test_non_finite_tasks_are_skipped_and_counted(tmp_path):
+def test_non_finite_tasks_are_skipped_counted_and_an_untrained_model_is_never_saved(tmp_path):
     train, _, collate = token_episodes()
     model = tiny_bert()
     with torch.no_grad():
         model.classifier.weight.fill_(float("inf"))
     trainer = MetaTrainer(model, config(tmp_path, max_steps=2), train, collate)
-    state = trainer.train()
-    assert state.skipped_tasks == 8
+    with pytest.raises(RuntimeError, match="None of the 2 meta-steps updated the weights"):
+        trainer.train()
+    assert trainer.state.skipped_tasks == 8 and trainer.state.skipped_steps == 2
     assert torch.isinf(model.classifier.weight).all()  # no NaN propagated into an update
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_a_run_that_cannot_learn_stops_after_consecutive_skipped_steps(tmp_path):
+    train, _, collate = token_episodes()
+    model = tiny_bert()
+    with torch.no_grad():
+        model.classifier.weight.fill_(float("nan"))
+    trainer = MetaTrainer(
+        model, config(tmp_path, max_steps=50, max_consecutive_skipped_steps=3), train, collate
+    )
+    with pytest.raises(RuntimeError, match="the last 3 meta-steps .* updated nothing"):
+        trainer.train()
+    assert trainer.state.step == 2 and not (tmp_path / "model.safetensors").exists()
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "protonets-projection"])
@@ -209,7 +224,10 @@ def test_fp16_overflow_skips_the_step_and_halves_the_loss_scale(tmp_path, monkey
     train, _, collate = token_episodes()
     model = tiny_bert()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    state = MetaTrainer(model, config(tmp_path, max_steps=3, fp16=True), train, collate).train()
+    trainer = MetaTrainer(model, config(tmp_path, max_steps=3, fp16=True), train, collate)
+    with pytest.raises(RuntimeError, match="None of the 3 meta-steps updated the weights"):
+        trainer.train()
+    state = trainer.state
     assert state.skipped_steps == 3 and state.loss_scale == 2.0**57
     assert [h["loss_scale"] for h in state.log_history] == [2.0**59, 2.0**58, 2.0**57]
     for n, p in model.named_parameters():

@@ -295,7 +295,7 @@ def test_publish_recipe_writes_the_card_from_results_json_and_pushes(hub, tmp_pa
 
     empty = tmp_path / "empty"
     tiny_bert().save_pretrained(empty)
-    with pytest.raises(SystemExit, match="no README.md and no results.json"):
+    with pytest.raises(FileNotFoundError, match="no README.md and no results.json"):
         publish_cli(["--folder", str(empty), "--repo_id", "tester/x", "--token", TOKEN])
 
 

@@ -2,7 +2,7 @@
 
 from .builder import EpisodeBuilder
 from .collate import EpisodeCollator, TokenStore, tokenize_dataset
-from .episode import Episode, episodes_from_dataset, episodes_to_dataset
+from .episode import Episode, episodes_from_dataset, episodes_to_dataset, verify_episodes
 from .index import GroupIndex
 from .presets import TaskCollection, ha_intents_tasks, massive_style_tasks, tasks_from_builder
 from .sampler import EpisodeSampler
@@ -24,6 +24,7 @@ __all__ = [
     "check_disjoint",
     "episodes_from_dataset",
     "episodes_to_dataset",
+    "verify_episodes",
     "split_values",
     "tokenize_dataset",
     "TranslationTask",

@@ -173,7 +173,7 @@ class EpisodeBuilder:
         self,
         n_way: IntOrRange,
         k_shot: IntOrRange,
-        q_query: IntOrRange = 0,
+        q_query: IntOrRange,
         *,
         seed: int = 0,
         mode: str = "classes",

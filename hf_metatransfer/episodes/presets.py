@@ -153,7 +153,7 @@ class TaskCollection:
         split: str,
         n_way: IntOrRange,
         k_shot: IntOrRange,
-        q_query: IntOrRange = 0,
+        q_query: IntOrRange,
         *,
         mode: str = "classes",
         seed: int = 0,

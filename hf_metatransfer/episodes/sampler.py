@@ -27,12 +27,28 @@ _LISTED = 20  # language pairs named in the warning about those left out
 IntOrRange = int | tuple[int, int]
 
 
+_COUNTS = {"n_way": "classes an episode", "k_shot": "support examples a class (adaptation needs one)",
+           "q_query": "query examples a class (an episode is scored on its queries)"}  # fmt: skip
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
 def _as_range(value: IntOrRange, name: str) -> tuple[int, int]:
-    lo, hi = (value, value) if isinstance(value, int) else tuple(value)
-    smallest = 0 if name == "q_query" else 1
-    if not smallest <= lo <= hi:
-        raise ValueError(f"{name}={value!r} must be a positive int or a (low, high) range with low <= high.")
-    return int(lo), int(hi)
+    """``(low, high)`` of an int or a range, each at least 1: an episode needs a class, a shot and a query."""
+    if _is_int(value):
+        lo = hi = int(value)  # type: ignore[arg-type]
+    elif isinstance(value, tuple | list) and len(value) == 2 and all(map(_is_int, value)):
+        lo, hi = int(value[0]), int(value[1])
+    else:
+        raise ValueError(f"{name}={value!r}: pass an int or a (low, high) pair of ints.")
+    if lo < 1:
+        raise ValueError(f"{name}={value!r}: {name} counts {_COUNTS[name]}, so it must be at least 1. Pass "
+                         f"{name}=1 or more.")  # fmt: skip
+    if lo > hi:
+        raise ValueError(f"{name}={value!r}: the range's low is above its high; pass {name}=({hi}, {lo}).")
+    return lo, hi
 
 
 class _Pools(NamedTuple):
@@ -61,7 +77,7 @@ class EpisodeSampler:
         *,
         n_way: IntOrRange,
         k_shot: IntOrRange,
-        q_query: IntOrRange = 0,
+        q_query: IntOrRange,
         seed: int = 0,
         mode: str = "classes",
         classes: Sequence[int] | None = None,

@@ -266,7 +266,7 @@ class StreamingEpisodes:
         self,
         n_way: IntOrRange,
         k_shot: IntOrRange,
-        q_query: IntOrRange = 0,
+        q_query: IntOrRange,
         *,
         seed: int = 0,
         mode: str = "classes",

@@ -16,12 +16,13 @@ from dataclasses import MISSING, Field, fields
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import get_token
 from transformers import TrainerCallback
 from transformers.trainer_pt_utils import AcceleratorConfig
 
 from ..layers import unwrap_model
 from .cards import FineTunedCardData, Result, hub_id, non_default_strategy, results_from_json, write_card
-from .publish import is_transient, push_folder
+from .publish import is_transient, push_folder, with_retries
 from .tokens import protect, scrub
 
 logger = logging.getLogger(__name__)
@@ -181,6 +182,15 @@ class HubCardMixin:
         self.args.hub_token = protect(self.args.hub_token)
         self.card_callback = ModelCardCallback(self)
         self.add_callback(self.card_callback)
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """Trainer's repo creation (in its constructor when ``push_to_hub`` is set) under the push policy: a
+        transient failure is retried, any other raises a PublishError saying what to check, before training."""
+        token = token if token is not None else self.args.hub_token
+        repo = self.args.hub_model_id or Path(self.args.output_dir).absolute().name
+        with_retries(lambda: super(HubCardMixin, self).init_hf_repo(token=token, private=private),
+                     target=f"model repo {repo}", local=str(self.args.output_dir),
+                     secret=token if isinstance(token, str) else get_token(), max_retries=2, backoff=1.0)  # fmt: skip
 
     def push_to_hub(
         self,

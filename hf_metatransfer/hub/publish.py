@@ -194,7 +194,14 @@ def push_episodes(
 def with_retries(
     push: Callable[[], T], *, target: str, local: str, secret: str | None, max_retries: int, backoff: float
 ) -> T:
-    """Run ``push``; retry transient failures ``max_retries`` times (backoff x 2^attempt s, at most 60 s)."""
+    """Run ``push``; retry transient failures ``max_retries`` times (backoff x 2^attempt s, at most 60 s).
+
+    Offline mode fails at once, naming the variable; an HTTP refusal (401, 403, 404) says what to check."""
+    intact = (f"The local copy ({local}) is intact and complete; push it again once the cause is fixed (e.g. "
+              "hf-metatransfer publish).")  # fmt: skip
+    if offline_variable():
+        raise PublishError(f"Pushing to {target} needs the network, but {offline_variable()} is set: unset it (and "
+                           f"the other *_OFFLINE variables) to push. {intact}")  # fmt: skip
     for attempt in range(max_retries + 1):
         try:
             return push()
@@ -202,9 +209,9 @@ def with_retries(
             message = scrub(f"{type(err).__name__}: {err}", secret)
             if not is_transient(err) or attempt == max_retries:
                 tries = f" after {attempt + 1} attempts" if attempt else ""
+                hint = _refusal_hint(err, target)
                 raise PublishError(
-                    f"Pushing to {target} failed{tries}: {message}\nThe local copy ({local}) is intact and "
-                    "complete; push it again once the cause is fixed (e.g. hf-metatransfer publish)."
+                    f"Pushing to {target} failed{tries}: {message}\n{hint + chr(10) if hint else ''}{intact}"
                 ) from None
             delay = min(backoff * 2**attempt, 60.0)
             logger.warning(
@@ -219,8 +226,42 @@ def with_retries(
     raise AssertionError("unreachable: the loop returns or raises")
 
 
+def offline_variable() -> str | None:
+    """The offline switch that is on (huggingface_hub reads HF_HUB_OFFLINE; transformers' name is an alias)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE"
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on"):
+            return name
+    return None
+
+
+#: What a refusal of the Hub means for a push, by HTTP status.
+_REFUSALS = {
+    401: "The Hub did not accept the token: log in with `hf auth login` or set HF_TOKEN to a valid token.",
+    403: "The token may not write to {repo}: check that it has write access (a fine-grained token needs "
+    "'write' on this repo or its namespace) and that you may create repos under that owner.",
+    404: "{repo} or its owner was not found: check the repo id (owner/name) and that the token can see it.",
+}
+
+
+def _refusal_hint(err: BaseException, target: str) -> str:
+    for exc in (err, err.__cause__):
+        response = getattr(exc, "response", None)
+        if isinstance(exc, HfHubHTTPError) and response is not None and response.status_code in _REFUSALS:
+            return _REFUSALS[response.status_code].format(repo=target)
+    return ""
+
+
 def is_transient(err: BaseException) -> bool:
-    """Whether retrying may help: a server error, rate limiting, or a connection that broke or timed out."""
+    """Whether retrying may help: a server error, rate limiting, or a connection that broke or timed out (not
+    offline mode, which huggingface_hub raises as a ConnectionError)."""
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    if isinstance(err, OfflineModeIsEnabled) or isinstance(err.__cause__, OfflineModeIsEnabled):
+        return False
     for exc in (err, err.__cause__):
         if isinstance(exc, HfHubHTTPError) and exc.response is not None:
             status = exc.response.status_code

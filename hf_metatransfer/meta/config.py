@@ -99,6 +99,11 @@ class MetaTrainingConfig:
         default=False,
         metadata={"help": "Keep dropout on in meta-training (off by default: tasks then reproduce exactly)."},
     )
+    max_consecutive_skipped_steps: int = field(
+        default=10,
+        metadata={"help": "Stop with an error after this many meta-steps in a row that updated nothing (every "
+                          "task non-finite, or an fp16 overflow): such a run cannot learn (0: never stop)."},
+    )  # fmt: skip
     eval_steps: int = field(default=100, metadata={"help": "Meta-validate every this many steps (0: never)."})
     eval_episodes: int = field(default=50, metadata={"help": "Fixed validation episodes scored each time."})
     early_stopping_patience: int = field(
@@ -147,12 +152,12 @@ class MetaTrainingConfig:
             raise ValueError(f"Unknown fast_weights {self.fast_weights!r}: use one of {FAST_WEIGHTS}.")
         if self.lr_scheduler_type not in SCHEDULES:
             raise ValueError(f"lr_scheduler_type={self.lr_scheduler_type!r}: use one of {SCHEDULES}.")
-        if self.lr_scheduler_type == "constant" and self.warmup_steps:
-            raise ValueError("lr_scheduler_type='constant' has no warmup: use 'constant_with_warmup' with "
-                             f"warmup_steps={self.warmup_steps}, or warmup_steps=0.")  # fmt: skip
         if self.warmup_steps < 0 or (self.warmup_steps >= 1 and self.warmup_steps != int(self.warmup_steps)):
             raise ValueError(f"warmup_steps={self.warmup_steps}: give a number of steps (an integer >= 0) or a ratio "
                              "of max_steps in [0, 1).")  # fmt: skip
+        if self.lr_scheduler_type == "constant" and self.warmup_steps:
+            raise ValueError("lr_scheduler_type='constant' has no warmup: use 'constant_with_warmup' with "
+                             f"warmup_steps={self.warmup_steps}, or warmup_steps=0.")  # fmt: skip
         if self.optim not in OPTIMIZERS:
             raise ValueError(f"optim={self.optim!r}: use one of {OPTIMIZERS}.")
         if self.bf16 and self.fp16:
@@ -164,6 +169,9 @@ class MetaTrainingConfig:
         if self.projection_dim and self.algorithm != "protonets":
             raise ValueError(f"projection_dim is a ProtoNets option; algorithm={self.algorithm!r} has no embeddings "
                              "to project: drop projection_dim or use algorithm='protonets'.")  # fmt: skip
+        if self.inner_steps == 0 and self.algorithm != "protonets":
+            raise ValueError(f"inner_steps=0 leaves {self.algorithm} with no inner loop: it would train as plain "
+                             "multi-task learning. Use inner_steps >= 1, or algorithm='protonets' (no inner loop).")  # fmt: skip
         if self.early_stopping_patience and not self.eval_steps:
             raise ValueError("early_stopping_patience needs eval_steps > 0 and validation episodes.")
 

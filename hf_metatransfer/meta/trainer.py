@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -56,6 +56,7 @@ class MetaTrainerState:
     evals_without_improvement: int = 0
     skipped_tasks: int = 0
     skipped_steps: int = 0
+    consecutive_skipped_steps: int = 0
     loss_scale: float | None = None
     loss_scale_good_steps: int = 0
     launch_id: str | None = None
@@ -124,6 +125,7 @@ class MetaTrainer:
         self.accelerator.register_for_checkpointing(self.optimizer, self.scheduler)
         self.train_sampler, self.eval_sampler, self.collate = train_sampler, eval_sampler, collate
         self.state = MetaTrainerState()
+        self._head_checked = False
         if config.report_to:
             self.accelerator.init_trackers("hf_metatransfer", config=asdict(config))
 
@@ -169,7 +171,10 @@ class MetaTrainer:
         flat = torch.zeros(sum(p.numel() for _, p in self.params), device=self.accelerator.device)
         totals = torch.zeros(4, device=self.accelerator.device)  # tasks ok, skipped, loss sum, accuracy sum
         tasks = []
-        for episode in self.train_sampler.batch(self.task_ids(step)):
+        episodes = self.train_sampler.batch(self.task_ids(step))
+        if not self._head_checked:
+            self._check_head(episodes)
+        for episode in episodes:
             batch = self.collate(episode)
             tasks.append((self._to_device(batch["support"]), self._to_device(batch["query"])))
         if self.config.batch_tasks and tasks:
@@ -197,6 +202,14 @@ class MetaTrainer:
                 "step %d: %d task(s) with a non-finite loss or gradient were skipped", step, skipped
             )
         self.state.skipped_steps += int(skip_step)
+        self.state.consecutive_skipped_steps = self.state.consecutive_skipped_steps + 1 if skip_step else 0
+        limit = self.config.max_consecutive_skipped_steps
+        if limit and self.state.consecutive_skipped_steps >= limit:
+            raise RuntimeError(
+                f"Meta-training cannot learn: the last {limit} meta-steps (to step {step + 1}) updated nothing "
+                f"({self.state.skipped_tasks} tasks skipped so far for a non-finite loss or gradient). Check the "
+                "weights for inf/NaN, the learning rates and the inputs; nothing was saved as a trained model."
+            )
         if not skip_step:
             flat /= ok
             offset = 0
@@ -272,10 +285,29 @@ class MetaTrainer:
                             self.state.best_metric, self.state.best_step)  # fmt: skip
                 break
         bar.close()
+        if self.state.skipped_steps >= self.state.step:
+            raise RuntimeError(f"None of the {self.state.step} meta-steps updated the weights (every task had a "
+                               "non-finite loss or gradient): nothing is saved as a trained model. Check the "
+                               "weights for inf/NaN, the learning rates and the inputs.")  # fmt: skip
         self.save_model(c.output_dir)
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
         return self.state
+
+    def _check_head(self, episodes: list) -> None:
+        """A classifier whose head is not N-way for the episodes would train silently wrong (extra logits never
+        right) or fail deep inside: refuse at the first step, before any update, naming both sizes."""
+        self._head_checked = True
+        labels = getattr(getattr(self.model, "config", None), "num_labels", None)
+        if self.config.task_loss != "cross_entropy" or self.algorithm.name == "protonets" or labels is None:
+            return
+        ways = {e.n_way for e in episodes if hasattr(e, "n_way")}
+        n_range = getattr(self.train_sampler, "n_range", None)
+        fixed = n_range is not None and n_range[0] == n_range[1]
+        if ways and (max(ways) > labels or (fixed and max(ways) != labels)):
+            raise ValueError(f"The model's head has num_labels={labels} but the training episodes are "
+                             f"{max(ways)}-way: load the model with num_labels={max(ways)} (from_pretrained(..., "
+                             f"num_labels={max(ways)})) or sample {labels}-way episodes.")  # fmt: skip
 
     def _prepare_output_dir(self) -> str | None:
         """What to resume from, if anything. A folder holding another run is refused unless the config says to
@@ -418,13 +450,11 @@ class MetaTrainer:
                                  f"{key}={getattr(self.config, key)!r}. Resume with the same {key}, or start a new "
                                  "run in another output_dir (or with overwrite_output_dir).")  # fmt: skip
         params = dict(self.accelerator.unwrap_model(self.model).named_parameters())
-        with safe_open(str(folder / "model.safetensors"), framework="pt") as weights:
-            for name in weights.keys():
-                shape = tuple(weights.get_slice(name).get_shape())
-                if name in params and tuple(params[name].shape) != shape:
-                    raise ValueError(f"{folder}: {name} has shape {shape} in the checkpoint and "
-                                     f"{tuple(params[name].shape)} in this model (another head size?). Resume "
-                                     "with the checkpoint's model, or start a new run.")  # fmt: skip
+        for name, shape in _read_safetensors(folder / "model.safetensors", shapes_only=True).items():
+            if name in params and tuple(params[name].shape) != shape:
+                raise ValueError(f"{folder}: {name} has shape {shape} in the checkpoint and "
+                                 f"{tuple(params[name].shape)} in this model (another head size?). Resume "
+                                 "with the checkpoint's model, or start a new run.")  # fmt: skip
 
     def load_checkpoint(self, folder: Path) -> None:
         """Weights (safetensors), optimizer, scheduler, RNG and loop state: the run continues as if uninterrupted."""
@@ -434,12 +464,12 @@ class MetaTrainer:
             )
         state = self._read_state(folder)
         self._check_compatible(folder)
-        weights = load_file(str(folder / "model.safetensors"))  # copied onto each parameter's device below
+        weights = _read_safetensors(folder / "model.safetensors")  # copied onto each parameter's device below
         missing, unexpected = self.accelerator.unwrap_model(self.model).load_state_dict(weights, strict=False)
         if unexpected or any(n for n in missing if n in dict(self.model.named_parameters())):
             logger.info("checkpoint load: missing %s, unexpected %s", missing, unexpected)
         if (folder / ALGORITHM_STATE).exists():
-            self.algorithm.load_state_dict(load_file(str(folder / ALGORITHM_STATE)))
+            self.algorithm.load_state_dict(_read_safetensors(folder / ALGORITHM_STATE))
         self.accelerator.load_state(str(folder))
         self.state = state
         logger.info("Resumed from %s at step %d", folder, self.state.step)
@@ -469,6 +499,18 @@ def load_algorithm_state(algorithm: MetaAlgorithm, source: str | Path, **hub_kwa
             return False
     algorithm.load_state_dict(load_file(path))
     return True
+
+
+def _read_safetensors(path: Path, shapes_only: bool = False) -> dict[str, Any]:
+    """The tensors (or, reading the header only, their shapes) of a checkpoint file; a damaged file is named."""
+    try:
+        if not shapes_only:
+            return load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except (OSError, SafetensorError) as error:
+        raise ValueError(f"{path} cannot be read ({error}): the checkpoint is damaged (a save cut short?). Resume "
+                         "from another checkpoint-<step> folder, or start a new run.") from error  # fmt: skip
 
 
 def _cpu_distributed() -> bool:
