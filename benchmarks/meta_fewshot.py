@@ -98,6 +98,11 @@ class SetFitMethod:
         self.prefix, self.iterations, self.epochs = prefix, iterations, epochs
         self.batch_size, self.seed, self.max_length = batch_size, seed, max_length
 
+    @property
+    def settings(self) -> str:
+        return (f"{self.iterations} contrastive pair iterations x {self.epochs} epoch(s), batch {self.batch_size}, "
+                "setfit's default body LR; logistic-regression head (scikit-learn, max_iter 1000)")  # fmt: skip
+
     def adapt_and_predict(self, support: list[str], labels: list[int], query: list[str]) -> list[int]:
         import datasets
         from setfit import SetFitModel, Trainer, TrainingArguments
@@ -128,14 +133,16 @@ def run_setfit(method: SetFitMethod, builder, episodes, name: str = "setfit") ->
             "setfit episode %d/%d: %.3f (%.1fs)", i + 1, len(episodes), accuracies[-1], seconds / (i + 1)
         )
     mean, half = confidence_interval(accuracies)
-    return MetaTestResult(name, mean, half, seconds / max(len(episodes), 1), len(episodes), accuracies)
+    return MetaTestResult(name, mean, half, seconds / max(len(episodes), 1), len(episodes), accuracies,
+                          settings=method.settings)  # fmt: skip
 
 
 def subset_of(result: MetaTestResult, n: int) -> MetaTestResult:
     """A result restricted to its first ``n`` episodes (timing kept: it is a per-episode mean)."""
     per = result.per_episode[:n]
     mean, half = confidence_interval(per)
-    return MetaTestResult(f"{result.method} @subset", mean, half, result.seconds_per_episode, len(per), per)
+    return MetaTestResult(f"{result.method} @subset", mean, half, result.seconds_per_episode, len(per), per,
+                          settings=result.settings)  # fmt: skip
 
 
 def paired_points(a: MetaTestResult, b: MetaTestResult) -> list[float]:
@@ -286,7 +293,7 @@ def main(args: argparse.Namespace) -> dict:
     for s in settings:
         print(f"\n{args.n_way}-way {args.k_shot}-shot, held-out intents in held-out languages, {s} "
               f"({args.encoder}; @subset = first {args.slow_episodes} episodes)")  # fmt: skip
-        print("| method | accuracy (%) +- 95% CI | adaptation s/episode | episodes |\n|---|---|---|---|")
+        print(MetaTestResult.TABLE_HEADER)
         print("\n".join(r.row() for r in rows[s].values()))
         results["settings"][s] = {
             "results": {n: {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(r).items()

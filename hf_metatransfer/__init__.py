@@ -3,6 +3,7 @@
 The layer map (:func:`build_layer_map`) is the spine: every fine-tuning strategy is a policy over it.
 """
 
+from .conventions import InputConventions, conventions_for
 from .episodes import EpisodeBuilder, EpisodeCollator, EpisodeDataset, TokenStore, tokenize_dataset
 from .finetune import (
     FineTuningConfig,
@@ -31,6 +32,7 @@ __all__ = [
     "EpisodeDataset",
     "FineTuningConfig",
     "FineTuningTrainer",
+    "InputConventions",
     "LayerGroup",
     "LayerMap",
     "LayerMapError",
@@ -42,6 +44,7 @@ __all__ = [
     "build_algorithm",
     "build_layer_map",
     "compute_metrics_fn",
+    "conventions_for",
     "cross_validated_search",
     "fast_linear_probe",
     "layerwise_param_groups",

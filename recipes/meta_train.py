@@ -23,7 +23,9 @@ from typing import Any
 
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
+from hf_metatransfer import conventions
 from hf_metatransfer.cli_args import parse_args
+from hf_metatransfer.conventions import InputConventions
 from hf_metatransfer.episodes import EpisodeCollator, TokenStore, episodes_to_dataset, tokenize_dataset
 from hf_metatransfer.episodes.presets import TaskCollection, ha_intents_tasks
 from hf_metatransfer.hub.cards import hub_id
@@ -38,7 +40,7 @@ from hf_metatransfer.meta import (
     meta_test,
 )
 from hf_metatransfer.pooling import MeanPoolBertForSequenceClassification
-from hf_metatransfer.recipes.finetune import EMBEDDED, EMBEDDED_MULTILINGUAL, ModelArguments
+from hf_metatransfer.recipes.finetune import EMBEDDED_MULTILINGUAL, ModelArguments
 
 logger = logging.getLogger("hf_metatransfer.meta_train")
 
@@ -120,23 +122,18 @@ def write_card(folder: Path, model_id: str, base_model: str | None, ep: EpisodeA
         train_languages=tasks.languages_of("train"), test_languages=tasks.languages_of("test"),
         train_classes=tasks.class_names("train"), test_classes=tasks.class_names("test"),
         episodes_repo=episodes_repo, adapted=adapted,
-        results=[Result.from_episodes("accuracy", r.per_episode, shots=ep.k_shot, setting=r.method) for r in rows],
+        results=[Result.from_episodes("accuracy", r.per_episode, shots=ep.k_shot, setting=r.method,
+                                      details=r.settings) for r in rows],
         reproduce={**asdict(ep), **asdict(config)},
     )  # fmt: skip
     write_card(data, folder)
 
 
-def resolve_model(name: str) -> tuple[str, type, str]:
-    """Folder or Hub id, model class and input prefix: the embedded checkpoints have their own conventions."""
-    if name == EMBEDDED:
-        from hf_metatransfer.data import minilm_path
-
-        return minilm_path(), AutoModelForSequenceClassification, ""
-    if name == EMBEDDED_MULTILINGUAL:
-        from hf_metatransfer.data import multilingual_e5_small_path
-
-        return multilingual_e5_small_path(), MeanPoolBertForSequenceClassification, "query: "
-    return name, AutoModelForSequenceClassification, ""
+def resolve_model(name: str) -> tuple[str, type, InputConventions]:
+    """Folder or Hub id, model class and input conventions, from the one resolver of hf_metatransfer.conventions
+    (packaged names, e5's "query: " and the conventions a saved model carries)."""
+    resolved = conventions.resolve_model(name)
+    return resolved.path, resolved.model_class or AutoModelForSequenceClassification, resolved.conventions
 
 
 def language_split(ep: EpisodeArguments) -> dict[str, list[str]] | None:
@@ -193,14 +190,16 @@ def setup_episodes(model_args: ModelArguments, ep: EpisodeArguments, seed: int) 
     unknown = [b for b in ep.baselines if b not in BASELINES]
     if unknown:
         raise ValueError(f"Unknown baselines {unknown}: use any of {list(BASELINES)}.")
-    name, model_class, prefix = resolve_model(model_args.model_name_or_path)
+    name, model_class, input_conventions = resolve_model(model_args.model_name_or_path)
     tasks = ha_intents_tasks(languages=ep.languages, seed=seed, class_ratios=ep.class_ratios,
                              language_split=language_split(ep), slots=ep.slots,
                              cap_per_intent=ep.cap_per_intent)  # fmt: skip
     logger.info(tasks.summary())
     tokenizer = AutoTokenizer.from_pretrained(name, revision=model_args.revision,
                                               trust_remote_code=model_args.trust_remote_code)  # fmt: skip
-    tokenized = tokenize_dataset(tasks.dataset, tokenizer, max_length=ep.max_length, prefix=prefix)
+    # The prefix of the name asked for: a packaged name's folder does not say which model it holds.
+    tokenized = tokenize_dataset(tasks.dataset, tokenizer, max_length=ep.max_length,
+                                 prefix=input_conventions.prefix)  # fmt: skip
     return EpisodeSetup(tasks, tokenizer, EpisodeCollator(TokenStore(tokenized, tokenizer.pad_token_id)), name,
                         model_class)  # fmt: skip
 
@@ -221,7 +220,9 @@ def save_adapted(out: Path, model, algorithm, episodes: list, collate) -> list[s
 def score_against_baselines(model, algorithm, meta_name: str, pretrained, test_episodes: list, collate,
                             ep: EpisodeArguments, out: Path) -> list:  # fmt: skip
     """The model adapted by ``algorithm`` and each baseline on the same episodes (the slow ones on a subset);
-    prints the table, draws ``meta_test.png``."""
+    prints the table, each method with the settings it adapted with, draws ``meta_test.png``."""
+    from hf_metatransfer.meta import MetaTestResult
+
     rows = [meta_test(model, algorithm, test_episodes, collate, name=meta_name)]
     subset = test_episodes[: ep.slow_baseline_episodes]
     slow = [b for b in ep.baselines if b in SLOW_BASELINES]
@@ -235,7 +236,7 @@ def score_against_baselines(model, algorithm, meta_name: str, pretrained, test_e
     held_out = "held-out intents" + (" in held-out languages" if ep.test_languages else "")
     print(f"\n{ep.n_way}-way {ep.k_shot}-shot, {len(test_episodes)} test episodes of {held_out} "
           f"({ep.mode}, {', '.join(episode_languages(test_episodes))})")  # fmt: skip
-    print("| method | accuracy (%) +- 95% CI | adaptation s/episode | episodes |\n|---|---|---|---|")
+    print(MetaTestResult.TABLE_HEADER)
     print("\n".join(r.row() for r in rows))
     title = f"{ep.n_way}-way {ep.k_shot}-shot, {held_out}"
     if method_comparison([(r.method, r.accuracy, r.ci95) for r in rows], out / "meta_test.png", title):
@@ -273,6 +274,8 @@ def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingC
         adapted = save_adapted(out, model, trainer.algorithm, test_episodes[: ep.adapted_episodes],
                                setup.collate)  # fmt: skip
         episodes_repo = f"{trainer.hub_model_id}-episodes" if config.push_to_hub else None
+        # The inputs it was trained on, beside the weights (the card shows them): MetaTrainer saves the weights only.
+        conventions.conventions_for(model_args.model_name_or_path).save(out)
         setup.tokenizer.save_pretrained(out)
         base_model = hub_id(model_args.model_name_or_path)
         write_card(out, trainer.hub_model_id if config.push_to_hub else out.name, base_model, ep, config,

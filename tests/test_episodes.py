@@ -180,8 +180,12 @@ def test_small_classes_are_skipped_with_a_warning_or_refused():
     small = data.filter(lambda r, i: not (r["intent"] == "intent_03" and i % 3), with_indices=True)
     count = sum(1 for x in small["intent"] if x == "intent_03")
     builder = EpisodeBuilder(small, label_column="intent")
-    with pytest.warns(UserWarning, match=rf"fewer than K \+ Q = 8 examples: all: {{'intent_03': {count}}}"):
+    with pytest.warns(
+        UserWarning,
+        match=r"^Left out of episodes: 1 class with fewer than K \+ Q = 8 examples\. sampler\.report",
+    ):
         sampler = builder.sampler(4, 4, 4)
+    assert sampler.report.small_classes == {"": {"intent_03": count}}
     assert all(3 not in e.classes for e in sampler.batch(range(30)))
     with pytest.raises(ValueError, match=rf"'intent_03': {count}.*on_small_class='skip'"):
         builder.sampler(4, 4, 4, on_small_class="error")
@@ -191,8 +195,12 @@ def test_language_with_too_few_classes_is_left_out_with_a_warning():
     data = datasets.concatenate_datasets([toy(n_classes=6, per_class=5, langs=["en", "de"]),
                                           toy(n_classes=2, per_class=5, langs=["fr"])])  # fmt: skip
     builder = EpisodeBuilder(data, label_column="intent", lang_column="lang")
-    with pytest.warns(UserWarning, match=r"too few classes for 3-way episodes are left out: \['fr'\]"):
+    with pytest.warns(
+        UserWarning,
+        match=r"Left out of episodes: 1 of 3 languages with fewer than 3 classes of K \+ Q examples\.",
+    ):
         sampler = builder.sampler(3, 2, 2, mode="monolingual")
+    assert sampler.report.left_out == ["fr"]
     assert {e.support_lang for e in sampler.batch(range(40))} == {"de", "en"}
 
 
@@ -333,11 +341,14 @@ def test_language_pairs_left_out_make_one_warning(caplog):
     data = datasets.concatenate_datasets([toy(n_classes=6, per_class=5, langs=["en", "de"]),
                                           toy(n_classes=2, per_class=5, langs=small)])  # fmt: skip
     builder = EpisodeBuilder(data, label_column="intent", lang_column="lang")
-    with caplog.at_level(logging.DEBUG, logger="hf_metatransfer.episodes.sampler"):
+    with caplog.at_level(logging.INFO, logger="hf_metatransfer.episodes"):
         with pytest.warns(UserWarning) as caught:
             sampler = builder.sampler(3, 2, 2, mode="cross-lingual")
-    assert not caplog.records
     (message,) = [str(w.message) for w in caught]
-    assert message.startswith("Languages with too few classes for 3-way episodes are left out: ['de->l0',")
-    assert " and 34 more (54 of 56;" in message
+    assert message.startswith(
+        "Left out of episodes: 54 of 56 language pairs with fewer than 3 classes of K + Q examples."
+    )
+    assert len(message) < 300 and len(sampler.report.left_out) == 54 and "de->l0" in sampler.report.left_out
+    (record,) = caplog.records  # the full list, in the log
+    assert "54 of 56 language pairs" in record.getMessage() and "l5->l4" in record.getMessage()
     assert sorted(sampler.pairs) == sorted([(0, 1), (1, 0)]) and len(sampler.pair_cdf) == 2

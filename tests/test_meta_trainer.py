@@ -44,7 +44,9 @@ def test_resume_from_checkpoint_ends_with_identical_parameters(tmp_path):
     full = tiny_bert()
     MetaTrainer(full, config(tmp_path / "a"), train, collate).train()
     interrupted = tiny_bert()
-    MetaTrainer(interrupted, config(tmp_path / "b", max_steps=3, save_steps=3), train, collate).train()
+    MetaTrainer(
+        interrupted, config(tmp_path / "b", max_steps=3, save_final_checkpoint=True), train, collate
+    ).train()
     resumed = tiny_bert(seed=5)  # different weights: everything must come from the checkpoint
     trainer = MetaTrainer(resumed, config(tmp_path / "b", resume_from_checkpoint="last"), train, collate)
     state = trainer.train()
@@ -77,7 +79,10 @@ def test_resumed_protonets_run_ends_with_the_projection_of_an_uninterrupted_one(
     full = MetaTrainer(tiny_bert(), config(tmp_path / "a", **kw), train, collate)
     full.train()
     MetaTrainer(
-        tiny_bert(), config(tmp_path / "b", **{**kw, "max_steps": 2}, save_steps=2), train, collate
+        tiny_bert(),
+        config(tmp_path / "b", **{**kw, "max_steps": 2}, save_final_checkpoint=True),
+        train,
+        collate,
     ).train()
     resumed = MetaTrainer(tiny_bert(seed=3), config(tmp_path / "b", **kw, resume_from_checkpoint="last"), train,
                           collate)  # fmt: skip
@@ -251,13 +256,16 @@ def test_resume_last_skips_incomplete_and_foreign_folders(tmp_path, caplog):
     full = MetaTrainer(tiny_bert(), config(tmp_path / "full"), train, collate)
     full.train()
     out = tmp_path / "run"
-    MetaTrainer(tiny_bert(), config(out, max_steps=4, save_steps=2), train, collate).train()
+    MetaTrainer(
+        tiny_bert(), config(out, max_steps=4, save_steps=2, save_final_checkpoint=True), train, collate
+    ).train()
     # A save killed half-way before atomic checkpoints (weights, no state), a hidden partial one, a stray folder.
     (out / "checkpoint-5").mkdir()
     (out / "checkpoint-5" / "model.safetensors").write_bytes(b"truncated")
     (out / ".partial-checkpoint-6").mkdir()
     (out / "checkpoint-final").mkdir()
-    resumed = MetaTrainer(tiny_bert(seed=4), config(out, resume_from_checkpoint="last"), train, collate)
+    resumed = MetaTrainer(tiny_bert(seed=4), config(out, resume_from_checkpoint="last", save_final_checkpoint=True),
+                          train, collate)  # fmt: skip
     with caplog.at_level("WARNING"):
         resumed.train()
     assert "Resuming from checkpoint-4" in caplog.text
@@ -276,13 +284,17 @@ def test_an_output_dir_holding_another_run_is_refused_and_left_untouched(tmp_pat
     ):
         MetaTrainer(tiny_bert(), config(tmp_path, algorithm="protonets"), train, collate).train()
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == snapshot
-    MetaTrainer(tiny_bert(), config(tmp_path, max_steps=1, overwrite_output_dir=True), train, collate).train()
-    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1"]
+    MetaTrainer(tiny_bert(), config(tmp_path, max_steps=3, save_steps=2, overwrite_output_dir=True), train,
+                collate).train()  # fmt: skip
+    # the old run's checkpoint-1 is gone; the new one's last step (3) keeps no checkpoint by default
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"]
 
 
 def test_resuming_with_another_algorithm_or_head_is_refused_naming_both(tmp_path):
     train, _, collate = token_episodes()
-    MetaTrainer(tiny_bert(), config(tmp_path, max_steps=2, save_steps=2), train, collate).train()
+    MetaTrainer(
+        tiny_bert(), config(tmp_path, max_steps=2, save_final_checkpoint=True), train, collate
+    ).train()
     with pytest.raises(ValueError, match="algorithm='fomaml'; this run has algorithm='protonets'"):
         MetaTrainer(tiny_bert(), config(tmp_path, algorithm="protonets", resume_from_checkpoint="last"), train,
                     collate).train()  # fmt: skip

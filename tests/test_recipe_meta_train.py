@@ -184,7 +184,7 @@ def test_under_torchrun_the_recipe_prints_writes_and_pushes_once(hub, tmp_path, 
         "--push_to_hub", "--hub_model_id", "tester/meta-two-ranks",
     ], cwd=root, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
-    assert result.stdout.count("| method | accuracy") == 1, result.stdout
+    assert result.stdout.count("| method | settings | accuracy") == 1, result.stdout
     assert (out / "results.json").exists()
     commits = [c.message for c in hub.repos[("model", "tester/meta-two-ranks")].commits.values()]
     assert len([m for m in commits if "hf-metatransfer" in m]) == 1, commits

@@ -10,6 +10,7 @@ from .splits import SplitLeakError, Splits, check_disjoint, split_values
 from .streaming import StreamingEpisodes
 from .torch_data import EpisodeDataset
 from .translation import TranslationTask, TranslationTaskSampler, from_flores_style, split_target_languages
+from .user import UserEpisodes, saved_episodes, user_episodes
 
 __all__ = [
     "Episode",
@@ -36,4 +37,7 @@ __all__ = [
     "massive_style_tasks",
     "tasks_from_builder",
     "StreamingEpisodes",
+    "UserEpisodes",
+    "saved_episodes",
+    "user_episodes",
 ]

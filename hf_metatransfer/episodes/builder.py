@@ -184,7 +184,8 @@ class EpisodeBuilder:
         language_weights: dict[str, float] | None = None,
         on_small_class: str = "skip",
     ) -> EpisodeSampler:
-        """An :class:`EpisodeSampler` over these classes and languages (see its docstring for the modes)."""
+        """An :class:`EpisodeSampler` over these classes and languages (see its docstring for the modes); what it
+        leaves out is in its ``report``."""
         if mode != "classes" and not self.lang_column:
             raise ValueError(f"mode={mode!r} treats languages as tasks: build with lang_column=... .")
         return EpisodeSampler(

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import datasets
@@ -13,7 +14,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ..conventions import conventions_for
 from .episode import Episode
+
+logger = logging.getLogger(__name__)
 
 
 def tokenize_dataset(
@@ -22,14 +26,24 @@ def tokenize_dataset(
     text_column: str = "text",
     max_length: int | None = 128,
     num_proc: int | None = None,
-    prefix: str = "",
+    prefix: str | None = None,
 ) -> datasets.Dataset:
-    """Add ``input_ids`` (unpadded, truncated to ``max_length``) in one batched map; other columns stay."""
+    """Add ``input_ids`` (unpadded, truncated to ``max_length``) in one batched map; other columns stay.
+
+    ``prefix`` goes before every text; by default it is the model's input convention, looked up from the
+    tokenizer (:func:`~hf_metatransfer.conventions.conventions_for`: e5's ``"query: "``), so that forgetting it
+    cannot silently change results; ``""`` tokenises the texts as they are.
+    """
     if tokenizer.pad_token_id is None:
         raise ValueError(
             f"{type(tokenizer).__name__} has no pad token: set tokenizer.pad_token = tokenizer.eos_token "
             "(decoder-only models) or add one."
         )
+    if prefix is None:
+        conventions = conventions_for(tokenizer)
+        prefix = conventions.prefix
+        logger.info("Input prefix %r for %s (%s); pass prefix= to change it.", prefix, tokenizer.name_or_path,
+                    conventions.source or "no known convention")  # fmt: skip
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
         texts = [prefix + t for t in batch[text_column]] if prefix else batch[text_column]

@@ -163,7 +163,8 @@ class TaskCollection:
         language_weights: dict[str, float] | None = None,
         on_small_class: str = "skip",
     ) -> EpisodeSampler:
-        """Episodes of one split: its classes only, in its languages only (see :class:`EpisodeSampler`'s modes).
+        """Episodes of one split: its classes only, in its languages only (see :class:`EpisodeSampler`'s modes);
+        what it leaves out (classes short of K + Q, languages short of N classes) is in its ``report``.
 
         ``languages`` / ``support_languages`` / ``query_languages`` narrow the split's languages further; a
         language of another split raises :class:`SplitLeakError`.

@@ -19,10 +19,11 @@ import numpy as np
 from .episode import Episode
 from .index import GroupIndex
 from .random import episode_keys, subkeys, uniform, without_replacement
+from .report import SamplerReport, caller_stacklevel
+from .report import logger as report_logger
 
 MODES = ("classes", "monolingual", "cross-lingual")
 _SHAPE, _LANG, _CLASSES, _SUPPORT, _QUERY = range(5)  # streams of draws
-_LISTED = 20  # language pairs named in the warning about those left out
 
 IntOrRange = int | tuple[int, int]
 
@@ -186,22 +187,21 @@ class EpisodeSampler:
         return self._pool_tables[(k, q)]
 
     def _check_capacity(self) -> np.ndarray:
-        """Name every class too small for K + Q; return which pairs offer N classes (one warning for the rest).
+        """Which pairs offer N classes; what is left out goes to ``self.report`` (one short warning for it).
 
         A kept pair has N classes at the largest N, K, Q, so at every shape: pools only grow as K and Q shrink.
         """
         k, q, n = self.k_range[1], self.q_range[1], self.n_range[1]
         small = (self._group_of >= 0) & self.allowed_labels & (self._count_of < k + q)
-        by_lang: dict[str, dict[str, int]] = {}
+        classes: dict[str, dict[str, int]] = {}
         for row, label in np.argwhere(small).tolist():
-            lang, name = self._lang_name(row - 1), self.index.label_names[label]
-            by_lang.setdefault(lang, {})[name] = int(self._count_of[row, label])
-        if by_lang:
-            listing = "; ".join(f"{lang or 'all'}: {classes}" for lang, classes in sorted(by_lang.items()))
-            message = f"Classes with fewer than K + Q = {k + q} examples: {listing}"
-            if self.on_small_class == "error":
-                raise ValueError(message + ". Lower K or Q, or pass on_small_class='skip' to leave them out.")
-            warnings.warn(message + "; they are skipped in episodes that need that many.", stacklevel=3)
+            classes.setdefault(self._lang_name(row - 1), {})[self.index.label_names[label]] = int(
+                self._count_of[row, label]
+            )
+        if classes and self.on_small_class == "error":
+            listing = "; ".join(f"{lang or 'all'}: {found}" for lang, found in sorted(classes.items()))
+            raise ValueError(f"Classes with fewer than K + Q = {k + q} examples: {listing}. Lower K or Q, or pass "
+                             "on_small_class='skip' to leave them out.")  # fmt: skip
         sizes = self._pools_of(self.pairs, k, q).sizes
         if sizes.max(initial=0) < n:
             raise ValueError(
@@ -210,15 +210,11 @@ class EpisodeSampler:
                 "q_query, or add classes."
             )
         kept = sizes >= n
-        if not kept.all():
-            dropped = [self._pair_name(pair) for pair, keep in zip(self.pairs, kept) if not keep]
-            more = f" and {len(dropped) - _LISTED} more" if len(dropped) > _LISTED else ""
-            warnings.warn(
-                f"Languages with too few classes for {n}-way episodes are left out: {dropped[:_LISTED]}{more} "
-                f"({len(dropped)} of {len(self.pairs)}; each has fewer than {n} classes with K = {k}, Q = {q} "
-                "examples)",
-                stacklevel=3,
-            )
+        left_out = [self._pair_name(pair) for pair, keep in zip(self.pairs, kept) if not keep]
+        self.report = SamplerReport(self.mode, n, k, q, classes, left_out, len(self.pairs))
+        if classes or left_out:
+            report_logger.info("%s", self.report)
+            warnings.warn(self.report.summary(), stacklevel=caller_stacklevel())
         return kept
 
     def _lang_name(self, lang: int) -> str:

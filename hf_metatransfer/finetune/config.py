@@ -21,6 +21,11 @@ class FineTuningConfig(TrainingArguments):
     LP-FT); the linear-probing phase has its own fields.
     """
 
+    save_total_limit: int | None = field(
+        default=2,
+        metadata={"help": "Newest checkpoints kept (None or 0: all, TrainingArguments' default; each is about 3x "
+                          "the model with AdamW's state). With load_best_model_at_end the best one is kept too."},
+    )  # fmt: skip
     # Layer-wise / discriminative learning rates.
     layerwise_lr_decay: float = field(
         default=1.0,

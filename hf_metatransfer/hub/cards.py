@@ -14,7 +14,7 @@ import math
 import re
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..conventions import saved_conventions
 from . import plots
 
 LIBRARY_TAG = "hf-metatransfer"
@@ -54,6 +55,7 @@ class Result:
     n: int | None = None  # examples (one test set) or episodes (few-shot evaluation)
     shots: int | None = None  # K of a K-shot evaluation
     setting: str = ""  # e.g. "after the linear probe", "5-way, de"
+    details: str = ""  # how the method ran (solver, steps, LRs, C), shown beside its figures
 
     @classmethod
     def binomial(cls, metric: str, accuracy: float, n: int, **kwargs: Any) -> Result:
@@ -89,6 +91,8 @@ class CardData:
     tags: list[str] = field(default_factory=list)
     results: list[Result] = field(default_factory=list)
     reproduce: dict[str, Any] = field(default_factory=dict)  # the configuration of the run, as recipe YAML
+    # What every input starts with (e5's "query: "), shown in the snippets; None: what the folder saved.
+    input_prefix: str | None = None
 
     def all_tags(self) -> list[str]:
         return list(dict.fromkeys([LIBRARY_TAG, *self.tags]))
@@ -144,6 +148,7 @@ class CardData:
             if self.reproduce
             else "",
             "versions": _versions(),
+            "input_prefix": repr(self.input_prefix) if self.input_prefix else "",  # as Python source
         }
 
     def plot(self, folder: Path) -> str | None:
@@ -362,10 +367,10 @@ def hub_id(name_or_path: str | None) -> str | None:
     """The Hub id a model or dataset name stands for: None for local folders and loader names (json, csv...)."""
     if not name_or_path or name_or_path in _LOCAL_DATASETS:
         return None
-    if name_or_path == "embedded":
-        from ..data.packaged_models import MINILM
+    from ..conventions import PACKAGED_MODELS
 
-        return MINILM
+    if name_or_path in PACKAGED_MODELS:  # "embedded", "embedded-multilingual": the checkpoints they rebuild
+        return PACKAGED_MODELS[name_or_path].hub_id
     try:
         from ..data.packaged_models import MINILM, minilm_path
 
@@ -436,9 +441,16 @@ def render_card(data: CardData, plot: str | None = None) -> ModelCard:
 
 
 def write_card(data: CardData, folder: str | Path) -> Path:
-    """Write ``README.md`` (and its figure, when matplotlib is installed) into ``folder``; the README's path."""
+    """Write ``README.md`` (and its figure, when matplotlib is installed) into ``folder``; the README's path.
+
+    Unless ``data`` says what inputs start with, the snippets show the input conventions saved in ``folder``
+    (``input_conventions.json``): the card describes the model beside it.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if data.input_prefix is None:
+        saved = saved_conventions(folder)
+        data = replace(data, input_prefix=saved.prefix if saved else "")
     card = render_card(data, plot=data.plot(folder))
     path = folder / CARD_NAME
     card.save(path)

@@ -4,6 +4,7 @@ MAML, FOMAML, ANIL, Meta-SGD and Reptile: the inner loop's weights on the suppor
 ProtoNets: ``-||e(q) - c_k||^2`` is linear in the query's pooled embedding ``x`` up to ``-||e(q)||^2``, which every
 class shares, so the prototypes become the weights of a head that reads the mean-pooled embedding
 (``MeanPoolBertForSequenceClassification``): the saved model predicts what ProtoNets predicts, with the same softmax.
+The copy records the model's input conventions in its config, so a saved adapted model says how to write its inputs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import copy
 import torch
 from torch import nn
 
+from ..conventions import conventions_for
 from .algorithms import Batch, MetaAlgorithm, ProtoNets
 from .fast_weights import fast_weight_names
 
@@ -24,18 +26,26 @@ def adapted_model(model: nn.Module, algorithm: MetaAlgorithm, support: Batch) ->
     was_training = model.training
     model.eval()
     try:
-        if isinstance(algorithm, ProtoNets):
-            return _prototype_head(model, algorithm, support)
-        with torch.enable_grad():
-            weights = algorithm.adapt(model, support, create_graph=False)
-        adapted = copy.deepcopy(model).eval()
-        fast = set(algorithm.fast)
-        for name, param in adapted.named_parameters():
-            if name in fast:
-                param.copy_(weights[name])
-        return adapted
+        adapted = _adapted(model, algorithm, support)
     finally:
         model.train(was_training)
+    conventions = conventions_for(model)
+    if conventions.source:  # only what is known: the support batch was tokenised before this call
+        conventions.attach_to(adapted)
+    return adapted
+
+
+def _adapted(model: nn.Module, algorithm: MetaAlgorithm, support: Batch) -> nn.Module:
+    if isinstance(algorithm, ProtoNets):
+        return _prototype_head(model, algorithm, support)
+    with torch.enable_grad():
+        weights = algorithm.adapt(model, support, create_graph=False)
+    adapted = copy.deepcopy(model).eval()
+    fast = set(algorithm.fast)
+    for name, param in adapted.named_parameters():
+        if name in fast:
+            param.copy_(weights[name])
+    return adapted
 
 
 def _prototype_head(model: nn.Module, algorithm: ProtoNets, support: Batch) -> nn.Module:

@@ -77,6 +77,17 @@ class MetaAlgorithm:
         self.vmap_fallbacks = 0
         self._vmap_errors_logged: set[tuple[str, str]] = set()
 
+    @property
+    def settings(self) -> str:
+        """How it adapts to a task, for results tables and cards (a figure means little without it)."""
+        fast = f"top {self.top_k} blocks" if self.fast_weights == "top_k" else self.fast_weights
+        steps = f"{self.inner_steps} inner SGD step{'s' * (self.inner_steps != 1)}"
+        return f"{steps} ({self._rate}) on the support set, fast weights: {fast}"
+
+    @property
+    def _rate(self) -> str:
+        return f"LR {self.inner_lr:g}"
+
     # -- set-up --------------------------------------------------------------------------------------------
     def setup(self, model: nn.Module) -> None:
         """Resolve the fast weights of ``model`` (call once, before training)."""
@@ -322,6 +333,10 @@ class MetaSGD(MAML):
     def meta_parameters(self) -> list[nn.Parameter]:
         return list(self.lrs)
 
+    @property
+    def _rate(self) -> str:
+        return f"learned per-parameter LRs from {self.inner_lr:g}"
+
     def inner_lrs(self) -> list[torch.Tensor]:
         return list(self.lrs)
 
@@ -384,6 +399,11 @@ class ProtoNets(MetaAlgorithm):
         super().__init__(0, 0.0, fast_weights, top_k)
         self.projection_dim = projection_dim
         self.projection: nn.Linear | None = None
+
+    @property
+    def settings(self) -> str:
+        projection = f", a learned {self.projection_dim}-d projection" if self.projection_dim else ""
+        return f"no inner loop: nearest class prototype (mean support embedding){projection}"
 
     def setup(self, model: nn.Module) -> None:
         self.fast = []

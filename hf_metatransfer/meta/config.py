@@ -116,6 +116,13 @@ class MetaTrainingConfig:
         default=2,
         metadata={"help": "Newest checkpoints kept (0: all); the best model is kept in best/ besides."},
     )
+    save_final_checkpoint: bool = field(
+        default=False,
+        metadata={"help": "Also write a resumable checkpoint-<step> (optimizer, scheduler and RNG state: about 3x "
+                          "the model with AdamW) at the last step, to continue the run later with more max_steps. "
+                          "Off: the run ends with the model in output_dir only; save_steps checkpoints before the "
+                          "last step keep their optimizer state either way."},
+    )  # fmt: skip
     logging_steps: int = field(default=10, metadata={"help": "Log every this many steps."})
     report_to: list[str] = field(
         default_factory=list,

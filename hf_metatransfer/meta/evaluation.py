@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..episodes.episode import Episode
+from ..episodes.user import UserEpisodes
 from .algorithms import Batch, ProtoNets, model_inputs
 
 
@@ -40,9 +42,15 @@ class MetaTestResult:
     seconds_per_episode: float
     episodes: int
     per_episode: list[float]
+    #: how the method adapts (solver, steps, LRs, regularisation): a figure means little without it
+    settings: str = ""
+    #: the header of a table of ``row()`` lines
+    TABLE_HEADER: ClassVar[str] = (
+        "| method | settings | accuracy (%) +- 95% CI | adaptation s/episode | episodes |\n|---|---|---|---|---|"
+    )
 
     def row(self) -> str:
-        return (f"| {self.method} | {100 * self.accuracy:.1f} +- {100 * self.ci95:.1f} | "
+        return (f"| {self.method} | {self.settings} | {100 * self.accuracy:.1f} +- {100 * self.ci95:.1f} | "
                 f"{self.seconds_per_episode:.3f} | {self.episodes} |")  # fmt: skip
 
 
@@ -50,6 +58,7 @@ class NearestCentroid(ProtoNets):
     """Class centroids of frozen, mean-pooled, L2-normalised embeddings; the nearest by cosine wins."""
 
     name = "nearest-centroid"
+    settings = "frozen model, nothing trained: nearest class centroid of L2-normalised mean-pooled embeddings"
 
     def embed(self, model: nn.Module, weights, batch: Batch) -> torch.Tensor:
         return F.normalize(super().embed(model, weights, batch), dim=-1)
@@ -63,6 +72,12 @@ class LinearProbe(NearestCentroid):
     def __init__(self, C: float = 10.0) -> None:
         super().__init__()
         self.C = C
+
+    @property
+    def settings(self) -> str:
+        """Stated in results: C = 10 on standardised features is not scikit-learn's default probe."""
+        return (f"frozen model: logistic regression, C={self.C:g} on standardised L2-normalised mean-pooled "
+                "embeddings (scikit-learn L-BFGS, max_iter 1000)")  # fmt: skip
 
     def predict(self, model: nn.Module, support: Batch, query: Batch) -> torch.Tensor:
         from ..finetune.linear_probe import fit_probe
@@ -85,6 +100,14 @@ class FineTune:
                  probe_C: float = 1.0) -> None:  # fmt: skip
         self.steps, self.lr, self.head_lr, self.lp_ft, self.probe_C = steps, lr, head_lr, lp_ft, probe_C
         self.name = "lp-ft" if lp_ft else "fine-tuning"
+
+    @property
+    def settings(self) -> str:
+        """Stated in results, so the figures compare with another paper's fine-tuning."""
+        probe = (f"head first fitted by logistic regression, C={self.probe_C:g} on its standardised inputs; "
+                 if self.lp_ft else "")  # fmt: skip
+        return (f"{probe}{self.steps} full-batch AdamW steps (weight decay 0.01) on the support set, LR "
+                f"{self.lr:g} body / {self.head_lr:g} head, dropout off")  # fmt: skip
 
     def predict(self, model: nn.Module, support: Batch, query: Batch) -> torch.Tensor:
         from ..finetune.linear_probe import find_probe_layer, fit_probe
@@ -121,14 +144,26 @@ class FineTune:
 def meta_test(
     model: nn.Module,
     method,
-    episodes: Iterable[Episode],
-    collate: Callable[[Episode], dict],
+    episodes: Iterable[Episode] | UserEpisodes,
+    collate: Callable[[Episode], dict] | None = None,
     *,
     name: str | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> MetaTestResult:
-    """Adapt ``method`` to every episode and score its queries: mean accuracy, 95% CI, seconds an episode."""
+    """Adapt ``method`` to every episode and score its queries: mean accuracy, 95% CI, seconds an episode.
+
+    Episodes hold row numbers, so ``collate`` must read the data they index; ``user_episodes(...)`` carry theirs.
+    """
+    if isinstance(episodes, UserEpisodes):
+        if collate is not None and collate is not episodes.collate:
+            raise ValueError("These user episodes index their own tokenised texts and carry the collator that "
+                             "reads them: call meta_test(model, method, episodes) without collate.")  # fmt: skip
+        collate = episodes.collate
+    elif collate is None:
+        raise ValueError("meta_test needs collate=... to turn episodes (row numbers) into tensors: an "
+                         "EpisodeCollator over the tokenised data they index, or build the episodes with "
+                         "hf_metatransfer.episodes.user_episodes(...), which carry their own.")  # fmt: skip
     model.eval()
     accuracies, seconds = [], 0.0
     episodes = list(episodes)
@@ -142,5 +177,6 @@ def meta_test(
         accuracies.append((logits.argmax(-1).cpu() == query["labels"].cpu()).float().mean().item())
     mean, half = confidence_interval(accuracies)
     return MetaTestResult(
-        name or method.name, mean, half, seconds / max(len(episodes), 1), len(episodes), accuracies
-    )
+        name or method.name, mean, half, seconds / max(len(episodes), 1), len(episodes), accuracies,
+        settings=getattr(method, "settings", ""),
+    )  # fmt: skip

@@ -10,6 +10,8 @@ scheduler steps once per process on every call (its batches are assumed split ac
 run the schedule W times too fast here, where one meta-step is one step whatever W is. For the same reason fp16
 loss scaling is done here (``LossScale``): meta-gradients come from ``torch.func``, past accelerate's GradScaler.
 Checkpoints are written to a hidden folder and renamed when complete, so ``checkpoint-<step>`` is always whole.
+Logs go where Trainer's go: ``state.log_history``, the trackers (``report_to`` and tracker instances), and one dict
+line a logging step on the main process's console.
 """
 
 from __future__ import annotations
@@ -21,19 +23,23 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.tracking import GeneralTracker
+from accelerate.utils import RNG_STATE_NAME
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_scheduler
 
+from ..conventions import conventions_for
 from ..episodes.episode import Episode
 from .algorithms import MetaAlgorithm, TaskResult, build_algorithm
 from .config import MetaTrainingConfig
@@ -91,6 +97,7 @@ class MetaTrainer:
     """Meta-train ``model`` on episodes from ``train_sampler`` (anything with ``batch(ids) -> [Episode]``).
 
     ``collate`` turns an episode into ``{"support": batch, "query": batch}`` (an ``EpisodeCollator``).
+    ``trackers``: ``accelerate.tracking.GeneralTracker`` instances, logged to besides those ``report_to`` names.
     """
 
     def __init__(
@@ -101,14 +108,18 @@ class MetaTrainer:
         collate: Callable[[Episode], dict],
         eval_sampler: Any | None = None,
         algorithm: MetaAlgorithm | None = None,
+        trackers: Sequence[GeneralTracker] = (),
     ) -> None:
         self.config = config
         _refuse_parameter_sharding()
         _join_restarted_process_group()
+        log_with = [*config.report_to, *trackers]
         self.accelerator = Accelerator(
-            mixed_precision=config.mixed_precision, cpu=_cpu_distributed(), log_with=config.report_to or None,
+            mixed_precision=config.mixed_precision, cpu=_cpu_distributed(), log_with=log_with or None,
             project_dir=config.output_dir,
         )  # fmt: skip
+        if self.accelerator.is_main_process:
+            _warn_missing_trackers(config.report_to, self.accelerator.log_with)
         self.algorithm = algorithm or build_algorithm(config.algorithm, **config.algorithm_kwargs())
         if self.algorithm.second_order:
             _eager_attention(model)
@@ -126,7 +137,7 @@ class MetaTrainer:
         self.train_sampler, self.eval_sampler, self.collate = train_sampler, eval_sampler, collate
         self.state = MetaTrainerState()
         self._head_checked = False
-        if config.report_to:
+        if self.accelerator.log_with:
             self.accelerator.init_trackers("hf_metatransfer", config=asdict(config))
 
     @property
@@ -262,6 +273,24 @@ class MetaTrainer:
         self.state.launch_id = os.environ.get("TORCHELASTIC_RUN_ID")
         bar = tqdm(total=c.max_steps, initial=self.state.step, desc=f"Meta-training ({self.algorithm.name})",
                    disable=c.disable_tqdm or not self.accelerator.is_main_process)  # fmt: skip
+        with contextlib.nullcontext() if bar.disable else logging_redirect_tqdm():  # log lines above the bar
+            self._loop(bar)
+        bar.close()
+        if self.state.skipped_steps >= self.state.step:
+            raise RuntimeError(f"None of the {self.state.step} meta-steps updated the weights (every task had a "
+                               "non-finite loss or gradient): nothing is saved as a trained model. Check the "
+                               "weights for inf/NaN, the learning rates and the inputs.")  # fmt: skip
+        self.save_model(c.output_dir)
+        if self.accelerator.is_main_process:  # the run's record (log history, best step), as in a checkpoint
+            (Path(c.output_dir) / TRAINER_STATE).write_text(json.dumps(asdict(self.state), indent=2))
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+        return self.state
+
+    def _loop(self, bar: tqdm) -> None:
+        """Meta-steps to max_steps or early stopping; checkpoints at save_steps, the last one only if asked for
+        (the final model needs no optimizer state, which triples a checkpoint's size)."""
+        c = self.config
         while self.state.step < c.max_steps:
             start = time.perf_counter()
             logs = self.meta_step(self.state.step)
@@ -274,25 +303,14 @@ class MetaTrainer:
             stop = False
             if c.eval_steps and self.eval_sampler is not None and self.state.step % c.eval_steps == 0:
                 stop = self._validate()
-            if (
-                (c.save_steps and self.state.step % c.save_steps == 0)
-                or stop
-                or self.state.step == c.max_steps
-            ):
+            last = stop or self.state.step == c.max_steps
+            periodic = c.save_steps and self.state.step % c.save_steps == 0
+            if (last and c.save_final_checkpoint) or (periodic and not last):
                 self.save_checkpoint()
             if stop:
                 logger.info("Early stopping at step %d (best %s at step %s)", self.state.step,
                             self.state.best_metric, self.state.best_step)  # fmt: skip
                 break
-        bar.close()
-        if self.state.skipped_steps >= self.state.step:
-            raise RuntimeError(f"None of the {self.state.step} meta-steps updated the weights (every task had a "
-                               "non-finite loss or gradient): nothing is saved as a trained model. Check the "
-                               "weights for inf/NaN, the learning rates and the inputs.")  # fmt: skip
-        self.save_model(c.output_dir)
-        self.accelerator.wait_for_everyone()
-        self.accelerator.end_training()
-        return self.state
 
     def _check_head(self, episodes: list) -> None:
         """A classifier whose head is not N-way for the episodes would train silently wrong (extra logits never
@@ -340,11 +358,18 @@ class MetaTrainer:
         return None
 
     def _log(self, logs: dict[str, float]) -> None:
-        self.state.log_history.append({"step": self.state.step, **logs})
+        """As Trainer logs: into log_history and the trackers with the step, and on the main process one dict line,
+        through logging when it is configured to show INFO, else written to the console (tqdm-safe)."""
+        entry = {**logs, "step": self.state.step}
+        self.state.log_history.append(entry)
         self.accelerator.log(logs, step=self.state.step)
-        if self.accelerator.is_main_process:
-            logger.info("step %d: %s", self.state.step,
-                        ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items()))  # fmt: skip
+        if not self.accelerator.is_main_process:
+            return
+        line = str({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in entry.items()})
+        if _logging_emits(logger, logging.INFO):
+            logger.info(line)
+        else:
+            tqdm.write(line)
 
     def _validate(self) -> bool:
         metrics = self.evaluate()
@@ -378,6 +403,11 @@ class MetaTrainer:
                 {k: v.detach().cpu().contiguous() for k, v in extra.items()}, str(folder / ALGORITHM_STATE)
             )
         (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
+        conventions = conventions_for(
+            model
+        )  # known from the model's name or config: saved so they travel with it
+        if conventions.source:
+            conventions.save(folder)
 
     @property
     def hub_model_id(self) -> str:
@@ -428,7 +458,8 @@ class MetaTrainer:
         complete = self.checkpoints()
         if not complete:
             raise FileNotFoundError(f"No complete checkpoint-<step> folder in {self.config.output_dir} to resume "
-                                    "from: drop resume_from_checkpoint to start a new run.")  # fmt: skip
+                                    "from: drop resume_from_checkpoint to start a new run. (A run's last step is "
+                                    "kept resumable only with save_final_checkpoint=True.)")  # fmt: skip
         logger.warning("Resuming from %s, the newest complete checkpoint in %s.", complete[-1].name,
                        self.config.output_dir)  # fmt: skip
         return complete[-1]
@@ -462,6 +493,10 @@ class MetaTrainer:
             raise FileNotFoundError(
                 f"{folder} is not a complete MetaTrainer checkpoint (no {TRAINER_STATE})."
             )
+        if not any(folder.glob(f"{RNG_STATE_NAME}*")):
+            raise FileNotFoundError(f"{folder} holds a finished run's model, without the optimizer, scheduler and "
+                                    "RNG state a resumed run needs: resume from one of its checkpoint-<step> "
+                                    "folders, or start a new run from this model (from_pretrained).")  # fmt: skip
         state = self._read_state(folder)
         self._check_compatible(folder)
         weights = _read_safetensors(folder / "model.safetensors")  # copied onto each parameter's device below
@@ -499,6 +534,28 @@ def load_algorithm_state(algorithm: MetaAlgorithm, source: str | Path, **hub_kwa
             return False
     algorithm.load_state_dict(load_file(path))
     return True
+
+
+def _logging_emits(log: logging.Logger, level: int) -> bool:
+    """Whether a configured handler takes ``log``'s records at ``level`` (logging's last resort, WARNING and up,
+    aside): where none does, as under transformers' defaults, Trainer-like lines are printed instead."""
+    if not log.isEnabledFor(level):
+        return False
+    node: logging.Logger | None = log
+    while node is not None:
+        if any(level >= handler.level for handler in node.handlers):
+            return True
+        node = node.parent if node.propagate else None
+    return False
+
+
+def _warn_missing_trackers(requested: Sequence[str], active: Sequence[Any]) -> None:
+    """accelerate drops a tracker whose package is missing with at most a generic warning: name it and the fix."""
+    names = {tracker.name if isinstance(tracker, GeneralTracker) else str(tracker) for tracker in active}
+    missing = [name for name in requested if name != "all" and name not in names]
+    if missing:
+        logger.warning("report_to %s: not installed, so nothing is logged there (pip install %s).", missing,
+                       " ".join(missing))  # fmt: skip
 
 
 def _read_safetensors(path: Path, shapes_only: bool = False) -> dict[str, Any]:

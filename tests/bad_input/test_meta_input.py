@@ -61,7 +61,7 @@ def test_config_errors_name_the_option_and_the_fix(tmp_path, refused, options, p
 
 def _saved_run(tmp_path):
     train, _, collate = token_episodes()
-    MetaTrainer(tiny_bert(), config(tmp_path, save_steps=2), train, collate).train()
+    MetaTrainer(tiny_bert(), config(tmp_path, save_final_checkpoint=True), train, collate).train()
     return train, collate, tmp_path / "run" / "checkpoint-2"
 
 
