@@ -35,6 +35,10 @@ RECIPES = {
         "fewshot_translation",
         "Few-shot translation into held-out languages: zero-shot, in-context, LoRA, meta-learned LoRA.",
     ),
+    "add-class": (
+        "add_class",
+        "Add or replace a class of a ProtoNets-adapted model from a few examples, without retraining.",
+    ),
     "publish": (
         "publish",
         "Publish an output folder (model, card, config, results) to a Hub repo, with retries.",

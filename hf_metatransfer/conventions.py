@@ -160,9 +160,22 @@ def resolve_model(
     """A packaged name becomes its folder (and class, when it needs one); any other name or folder stays."""
     packaged = PACKAGED_MODELS.get(name_or_path)
     if packaged is None:
-        return ResolvedModel(name_or_path, None, conventions_for(name_or_path, override))
+        return ResolvedModel(
+            name_or_path, _saved_mean_pooled(name_or_path), conventions_for(name_or_path, override)
+        )
     model_class = packaged.model_class() if packaged.model_class else None
     return ResolvedModel(packaged.path(), model_class, conventions_for(name_or_path, override))
+
+
+def _saved_mean_pooled(folder: str) -> type | None:
+    """A mean-pooled classifier saved before it had a model type of its own (``bert``) would load as a stock
+    BERT with a random pooler: its ``architectures`` say what it is."""
+    config = Path(folder) / "config.json"
+    if config.is_file() and "MeanPoolBertForSequenceClassification" in json.loads(config.read_text()).get(
+        "architectures", []
+    ):
+        return _mean_pool_classifier()
+    return None
 
 
 def conventions_for(

@@ -247,15 +247,15 @@ def score_against_baselines(model, algorithm, meta_name: str, pretrained, test_e
 def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingConfig) -> dict:
     logging.basicConfig(level=logging.INFO)
     setup = setup_episodes(model_args, ep, config.seed)
-    if (
+    model = setup.load_model(model_args, ep.n_way, config.seed)
+    if (  # the class a folder or Hub repo loads as is known once loaded (a saved mean-pooled model: custom code)
         ep.adapted_episodes
         and config.algorithm == "protonets"
-        and not issubclass(setup.model_class, MeanPoolBertForSequenceClassification)
-    ):  # decided from the class, before the model is loaded
+        and not isinstance(model, MeanPoolBertForSequenceClassification)
+    ):
         raise ValueError(f"adapted_episodes with ProtoNets writes the prototypes into a head on the mean-pooled "
-                         f"states; {setup.model_class.__name__} has another head: use model_name_or_path "
+                         f"states; {type(model).__name__} has another head: use model_name_or_path "
                          f"{EMBEDDED_MULTILINGUAL!r} (MeanPoolBertForSequenceClassification) or adapted_episodes 0.")  # fmt: skip
-    model = setup.load_model(model_args, ep.n_way, config.seed)
     trainer = MetaTrainer(model, config, setup.sampler(ep, "train", config.seed), setup.collate,
                           eval_sampler=setup.sampler(ep, "validation", config.seed + 1))  # fmt: skip
     trainer.train()

@@ -16,6 +16,7 @@ from .algorithms import (
 from .config import MetaTrainingConfig
 from .evaluation import FineTune, LinearProbe, MetaTestResult, NearestCentroid, confidence_interval, meta_test
 from .fast_weights import FAST_WEIGHTS, fast_weight_names
+from .prototypes import add_class, remove_class
 from .trainer import MetaTrainer, MetaTrainerState, load_algorithm_state
 
 __all__ = [
@@ -37,9 +38,11 @@ __all__ = [
     "Reptile",
     "TaskResult",
     "adapted_model",
+    "add_class",
     "build_algorithm",
     "confidence_interval",
     "fast_weight_names",
     "load_algorithm_state",
     "meta_test",
+    "remove_class",
 ]

@@ -4,6 +4,7 @@ MAML, FOMAML, ANIL, Meta-SGD and Reptile: the inner loop's weights on the suppor
 ProtoNets: ``-||e(q) - c_k||^2`` is linear in the query's pooled embedding ``x`` up to ``-||e(q)||^2``, which every
 class shares, so the prototypes become the weights of a head that reads the mean-pooled embedding
 (``MeanPoolBertForSequenceClassification``): the saved model predicts what ProtoNets predicts, with the same softmax.
+No stock class mean-pools, so that model is saved with its modeling file as Hub custom code (``trust_remote_code``).
 The copy records the model's input conventions in its config, so a saved adapted model says how to write its inputs.
 """
 
