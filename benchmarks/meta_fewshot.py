@@ -197,10 +197,11 @@ def main(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     wall = time.perf_counter()
+    from hf_metatransfer.conventions import conventions_for
     from hf_metatransfer.data import minilm_path, multilingual_e5_small_path
 
     path = multilingual_e5_small_path() if args.encoder == "e5" else minilm_path()
-    prefix = "query: " if args.encoder == "e5" else ""
+    prefix = conventions_for(path).prefix  # e5: "query: "; MiniLM: none
 
     languages = [*args.train_langs, *args.test_langs]
     tasks = ha_intents_tasks(languages=languages, seed=args.seed, class_ratios=(0.7, 0.3),

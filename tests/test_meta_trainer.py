@@ -271,7 +271,10 @@ def test_resume_last_skips_incomplete_and_foreign_folders(tmp_path, caplog):
     assert "Resuming from checkpoint-4" in caplog.text
     for (n, p), (_, q) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
         assert torch.equal(p, q), n
-    assert T.AutoModelForSequenceClassification.from_pretrained(out) is not None  # the final model was saved
+    saved = dict(
+        T.AutoModelForSequenceClassification.from_pretrained(out).named_parameters()
+    )  # the final model
+    assert all(torch.equal(saved[n], p) for n, p in resumed.model.named_parameters())
     assert [p.name for p in resumed.checkpoints()] == ["checkpoint-4", "checkpoint-6"]
 
 
