@@ -74,8 +74,9 @@ from hf_metatransfer.meta import (  # noqa: E402
     NearestCentroid,
     meta_test,
 )
-from hf_metatransfer.meta.evaluation import MetaTestResult, confidence_interval  # noqa: E402
+from hf_metatransfer.meta.evaluation import MetaTestResult  # noqa: E402
 from hf_metatransfer.pooling import MeanPoolBertForSequenceClassification  # noqa: E402
+from hf_metatransfer.stats import confidence_interval  # noqa: E402
 
 TRAIN_LANGS = ["en", "es", "it", "nl", "pl", "pt", "sv"]
 TEST_LANGS = ["de", "fr", "ru", "ar", "zh-CN", "hi"]

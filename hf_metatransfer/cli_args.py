@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 import sys
-from dataclasses import fields
+from dataclasses import MISSING, Field, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -15,6 +15,13 @@ from transformers import HfArgumentParser
 from hf_metatransfer.errors import UsageError
 
 HELP_HINT = "Run with --help for every option."
+#: Options that say where a run writes, pushes or reports, not what it computes: a reproducing config omits them.
+DESTINATIONS = frozenset(
+    {"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "push_to_hub", "hub_model_id",
+     "hub_private_repo", "hub_strategy", "report_to", "logging_dir", "run_name", "disable_tqdm"}
+)  # fmt: skip
+#: What a run ran on and its seed: recorded even at their defaults, which can change between releases.
+ALWAYS_RECORDED = frozenset({"model_name_or_path", "dataset_name", "languages", "algorithm", "seed"})
 
 
 class ArgumentParser(HfArgumentParser):
@@ -119,3 +126,34 @@ def parse_args(dataclass_types: tuple[type, ...], argv: list[str] | None = None)
         hint = f" (did you mean '--{rest[0]}'?)" if f"--{rest[0]}" in parser.options() else ""
         parser.error(f"Unexpected argument {rest[0]!r}{hint}: every value follows its --option. {HELP_HINT}")
     return tuple(parsed)
+
+
+def arguments_as_run(*arguments: Any) -> dict[str, Any]:
+    """The options of a run (the dataclasses :func:`parse_args` gave) as the mapping ``--config`` reads back.
+
+    What the run ran on (model, data, languages, algorithm, seed) and every value changed from its default, so that
+    the same recipe with ``--config`` and an ``--output_dir`` of one's own repeats it; destinations and tokens are
+    left out.
+    """
+    recorded: dict[str, Any] = {}
+    for instance in arguments:
+        for f in fields(instance):
+            if not f.init or f.name in DESTINATIONS or f.name.endswith("token"):
+                continue
+            value = _plain(getattr(instance, f.name))
+            if f.name in ALWAYS_RECORDED or value != _default(f):
+                recorded[f.name] = value
+    return recorded
+
+
+def _default(f: Field) -> Any:
+    if f.default is not MISSING:
+        return _plain(f.default)
+    return _plain(f.default_factory()) if f.default_factory is not MISSING else MISSING
+
+
+def _plain(value: Any) -> Any:
+    """Enum members as their values, tuples as lists: what YAML writes and the parser reads back."""
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return getattr(value, "value", value)

@@ -10,6 +10,11 @@ and Django's parallel UI strings (English into 97 languages): meta-training on E
 held out, meta-testing on English -> held-out languages with K support pairs a task. Tasks of the same held-out
 language share their queries across K (the K-shot support is the first K of the largest K's support), so the
 methods and the K values are compared on the very same sentences.
+
+Every table starts with two no-model baselines on the same tasks: the source copied unchanged, and a shuffled
+reference (each query gets the reference of another query of its task). A method is marked as translating only
+when the Student-t interval of its paired per-task chrF difference to each baseline lies above 0; the results JSON
+carries those differences ("verdicts").
 """
 
 from __future__ import annotations
@@ -26,19 +31,30 @@ from pathlib import Path
 import datasets
 from transformers import set_seed
 
-from hf_metatransfer.cli_args import parse_args
-from hf_metatransfer.episodes import TranslationTask, TranslationTaskSampler, split_target_languages
+from hf_metatransfer.cli_args import arguments_as_run, parse_args
+from hf_metatransfer.episodes import (
+    TranslationTask,
+    TranslationTaskSampler,
+    other_languages,
+    split_target_languages,
+)
 from hf_metatransfer.hub.cards import Result, hub_id
 from hf_metatransfer.meta import MetaTrainer, MetaTrainingConfig
 from hf_metatransfer.recipes.finetune import EMBEDDED
 from hf_metatransfer.translation import (
+    BASELINES,
+    CopySource,
     InContext,
+    ShuffledReference,
     SupportFineTuning,
+    TaskTexts,
     TranslationBatcher,
     TranslationResult,
+    TranslationVerdict,
     ZeroShot,
     add_lora,
     evaluate_translation,
+    translation_verdicts,
 )
 
 logger = logging.getLogger("hf_metatransfer.fewshot_translation")
@@ -50,6 +66,8 @@ METHOD_NAMES = {
     "full": "full fine-tuning",
     "lora": "LoRA from the base model",
     "meta-lora": "LoRA from the meta-learned initialisation",
+    CopySource.name: "copy the source (no model)",
+    ShuffledReference.name: "shuffled reference (no model)",
 }
 
 
@@ -77,7 +95,12 @@ class TranslationArguments:
     )
     train_languages: list[str] | None = field(
         default=None,
-        metadata={"help": "Meta-training target languages (default: every other one in the data)."},
+        metadata={"help": "Meta-training target languages (default: every other language in the data; variants "
+                          "of a held-out language, es_AR while es is held out, are left out too)."},
+    )  # fmt: skip
+    allow_variants: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Variants of a held-out language that may be meta-trained on, by name (es_AR)."},
     )
     k_shots: list[int] = field(
         default_factory=lambda: [8, 32], metadata={"help": "K support pairs a test task."}
@@ -98,7 +121,11 @@ class TranslationArguments:
     )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
-    max_length: int = field(default=1024, metadata={"help": "Longest prompt + target in tokens."})
+    max_length: int | None = field(
+        default=None,
+        metadata={"help": "Longest prompt + target in tokens (default: the model's context length); a prompt "
+                          "that cannot hold K examples gets fewer, with a warning naming the limit."},
+    )  # fmt: skip
     max_target_length: int = field(
         default=48, metadata={"help": "Longest target (and generation) in tokens."}
     )
@@ -146,6 +173,46 @@ def held_out_tasks(data: datasets.Dataset, args: TranslationArguments, languages
     return by_k, sampler.texts
 
 
+def evaluation_tasks(args: TranslationArguments, config: MetaTrainingConfig):
+    """The data, the language splits, and the held-out tasks by K with ``task -> texts``: what every method (and
+    the no-model baselines, in ``benchmarks/translation.py --baselines-only``) is scored on."""
+    data = load_parallel(args)
+    held_out = list(args.test_languages)
+    present = sorted(set(data.unique("target_lang")))
+    train = args.train_languages or other_languages(present, held_out, args.allow_variants)
+    # Refuses a language on both sides, its variants too (es_AR in train, es held out) unless allowed by name.
+    splits = split_target_languages(
+        data, explicit={"train": train, "test": held_out}, allow_variants=args.allow_variants
+    )
+    logger.info("Meta-training target languages: %d; held out: %s", len(splits["train"]), ", ".join(held_out))
+    by_k, texts = held_out_tasks(data, args, splits["test"], seed=config.seed + 2)
+    return data, splits, by_k, texts
+
+
+def score_baselines(
+    by_k: dict[int, list[TranslationTask]], texts, seed: int
+) -> dict[str, dict[int, TranslationResult]]:
+    """The no-model baselines on the tasks of every K (scored once: they use no support, and the queries are the
+    same across K)."""
+    first = [TaskTexts(t.source_lang, t.target_lang, *texts(t)) for t in next(iter(by_k.values()))]
+    out = {}
+    for method in (CopySource(), ShuffledReference(seed=seed)):
+        result = evaluate_translation(
+            None, method, first, None, name=METHOD_NAMES[method.name], progress=False
+        )
+        out[method.name] = dict.fromkeys(by_k, result)
+    return out
+
+
+def verdicts_by_k(
+    results: dict[str, dict[int, TranslationResult]], baselines: dict[str, dict[int, TranslationResult]]
+) -> dict[int, dict[str, TranslationVerdict]]:
+    """For each K, every method's paired differences to both baselines and whether it translates (beats both)."""
+    ks = next(iter(baselines.values())).keys()
+    return {k: translation_verdicts({**{b: by_k[k] for b, by_k in baselines.items()},
+                                     **{m: by_k[k] for m, by_k in results.items()}}, BASELINES) for k in ks}  # fmt: skip
+
+
 def main(args: TranslationArguments, config: MetaTrainingConfig) -> dict:
     logging.basicConfig(level=logging.INFO)
     unknown = [m for m in args.methods if m not in METHODS]
@@ -158,15 +225,8 @@ def main(args: TranslationArguments, config: MetaTrainingConfig) -> dict:
         from hf_metatransfer.data import smollm2_135m_path
 
         path = smollm2_135m_path()
-    data = load_parallel(args)
-    held_out = list(args.test_languages)
-    present = sorted(set(data.unique("target_lang")))
-    train = args.train_languages or [lang for lang in present if lang not in held_out]
-    splits = split_target_languages(
-        data, explicit={"train": train, "test": held_out}
-    )  # refuses a shared language
-    logger.info("Meta-training target languages: %d; held out: %s", len(splits["train"]), ", ".join(held_out))
-    by_k, texts = held_out_tasks(data, args, splits["test"], seed=config.seed + 2)
+    data, splits, by_k, texts = evaluation_tasks(args, config)
+    baselines = score_baselines(by_k, texts, config.seed)
 
     # Each random stage (weights missing from the checkpoint, the LoRA matrices, meta-training) starts from a
     # seed reset: two runs with one seed are identical, and no stage depends on which methods ran before it.
@@ -220,41 +280,68 @@ def main(args: TranslationArguments, config: MetaTrainingConfig) -> dict:
                 return {}
             score("meta-lora", model, lora)
 
-    summary = summarise(args, config, results, meta_seconds)
+    verdicts = verdicts_by_k(results, baselines)
+    summary = summarise(args, config, results, meta_seconds, baselines, verdicts)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(summary, indent=2))
-    print(table(results))
+    print(table(results, baselines, verdicts))
     plot = out / "chrf_vs_shots.png"
-    if plot_results(results, plot):
+    if plot_results({**baselines, **results}, plot):
         print(f"Plot: {plot}")
     if "meta-lora" in args.methods:
         tokenizer.save_pretrained(out)
         repo_id = trainer.hub_model_id if config.push_to_hub else out.name
-        write_translation_card(out, repo_id, args, trainer, batcher, splits, results)
+        write_translation_card(out, repo_id, args, trainer, batcher, splits, results, baselines, verdicts)
         if config.push_to_hub:
             trainer.push_to_hub()
     return summary
 
 
 def summarise(
-    args, config, results: dict[str, dict[int, TranslationResult]], meta_seconds: float | None
+    args,
+    config,
+    results: dict[str, dict[int, TranslationResult]],
+    meta_seconds: float | None,
+    baselines: dict[str, dict[int, TranslationResult]],
+    verdicts: dict[int, dict[str, TranslationVerdict]],
 ) -> dict:
+    """The run's record; "verdicts" holds, per K and method, the paired chrF/BLEU differences to each baseline."""
+
+    def by_name(rows: dict[str, dict[int, TranslationResult]]) -> dict:
+        return {METHOD_NAMES[m]: {str(k): asdict(r) for k, r in by_k.items()} for m, by_k in rows.items()}
+
     return {
         "arguments": asdict(args),
         "meta_training": asdict(config),
         "meta_training_seconds": meta_seconds,
-        "results": {
-            METHOD_NAMES[m]: {str(k): asdict(r) for k, r in by_k.items()} for m, by_k in results.items()
+        "baselines": by_name(baselines),
+        "results": by_name(results),
+        "verdicts": {
+            str(k): {METHOD_NAMES[m]: v.as_dict() for m, v in by_method.items()}
+            for k, by_method in verdicts.items()
         },
     }
 
 
-def table(results: dict[str, dict[int, TranslationResult]]) -> str:
-    lines = ["| method | K | chrF +- 95% CI | BLEU +- 95% CI | s/task | tasks |", "|---|---|---|---|---|---|"]
-    for method, by_k in results.items():
+def table(
+    results: dict[str, dict[int, TranslationResult]],
+    baselines: dict[str, dict[int, TranslationResult]],
+    verdicts: dict[int, dict[str, TranslationVerdict]],
+) -> str:
+    """Baselines first; each method with its paired chrF differences to them and whether it translates."""
+    copy, shuffled = BASELINES
+    lines = ["| method | K | chrF +- 95% CI | BLEU +- 95% CI | chrF - copy | chrF - shuffled | translates | "
+             "s/task | tasks |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for method, by_k in {**baselines, **results}.items():
         for k, r in by_k.items():
+            v = verdicts[k].get(method)
+            paired = (f"{v.differences[copy]['chrf'].format(sign=True)} | "
+                      f"{v.differences[shuffled]['chrf'].format(sign=True)} | {'yes' if v.translates else 'no'}"
+                      if v else "- | - | (baseline)")  # fmt: skip
             lines.append(f"| {METHOD_NAMES[method]} | {k} | {r.chrf:.1f} +- {r.chrf_ci95:.1f} | "
-                         f"{r.bleu:.1f} +- {r.bleu_ci95:.1f} | {r.seconds_per_task:.1f} | {r.tasks} |")  # fmt: skip
+                         f"{r.bleu:.1f} +- {r.bleu_ci95:.1f} | {paired} | {r.seconds_per_task:.1f} | {r.tasks} |")  # fmt: skip
+    lines.append("\nchrF - baseline: paired per-task difference, mean +- 95% Student-t CI; translates: both "
+                 "intervals above 0.")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -277,16 +364,25 @@ def plot_results(results: dict[str, dict[int, TranslationResult]], path: Path) -
 
 
 def write_translation_card(out: Path, model_id: str, args, trainer: MetaTrainer, batcher: TranslationBatcher,
-                           splits, results) -> None:  # fmt: skip
-    """The meta-learned adapter's card: algorithm, languages, K, LoRA, adaptation, results with CIs."""
+                           splits, results, baselines, verdicts) -> None:  # fmt: skip
+    """The meta-learned adapter's card: algorithm, languages, K, LoRA, adaptation, results with CIs beside the
+    no-model baselines, and which settings translate (beat both)."""
     from hf_metatransfer.data import SMOLLM2_135M
     from hf_metatransfer.hub.cards import TranslationCardData, write_card
 
     config, algorithm = trainer.config, trainer.algorithm
     embedded = args.model_name_or_path == EMBEDDED
     example = [("<support sentence>", "<its translation>")]
-    prompt = "" if batcher.is_encoder_decoder else batcher.prompt.prompt("<sentence>", args.source_lang,
-                                                                         splits["test"][0], example)  # fmt: skip
+    prompt = (
+        ""
+        if batcher.is_encoder_decoder
+        else batcher.tokenizer.decode(  # what the model reads (chat template)
+            batcher.prompt_ids(["<sentence>"], args.source_lang, splits["test"][0], example)[0]
+        )
+    )
+    translating = [f"{METHOD_NAMES[method]}, K = {k}" for k, by_method in verdicts.items()
+                   for method, verdict in by_method.items() if verdict.translates]  # fmt: skip
+    first = {name: next(iter(by_k.values())) for name, by_k in baselines.items()}
     data = TranslationCardData(
         model_id=model_id, base_model=SMOLLM2_135M if embedded else hub_id(args.model_name_or_path),
         dataset_name="Django's UI strings (the django package)" if args.dataset_name == "django" else None,
@@ -296,7 +392,8 @@ def write_translation_card(out: Path, model_id: str, args, trainer: MetaTrainer,
         meta_batch_size=config.meta_batch_size, meta_steps=config.max_steps, lora_r=args.lora_r,
         lora_alpha=args.lora_alpha, adaptation_steps=args.adapt_steps, adaptation_lr=args.adapt_lr,
         is_encoder_decoder=batcher.is_encoder_decoder, prompt_example=prompt, results=card_results(results),
-        reproduce={**asdict(args), **asdict(config)},
+        baselines=card_results({n: {None: v} for n, v in first.items()}), translating=translating,
+        reproduce=arguments_as_run(args, config),
     )  # fmt: skip
     write_card(data, out)
 

@@ -33,7 +33,7 @@ from transformers import (
     set_seed,
 )
 
-from hf_metatransfer.cli_args import parse_args
+from hf_metatransfer.cli_args import arguments_as_run, parse_args
 from hf_metatransfer.conventions import EMBEDDED, EMBEDDED_MULTILINGUAL, resolve_model
 from hf_metatransfer.finetune import FineTuningConfig, FineTuningTrainer
 from hf_metatransfer.metrics import compute_metrics_fn
@@ -483,6 +483,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: FineTunin
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics_fn(["accuracy", "f1"]),
     )
+    trainer.card_callback.run_arguments = arguments_as_run(model_args, data_args)
     probe_test = None
     if config.lp_ft and not config.sgd_probe and not config.resume_from_checkpoint:
         trainer.run_linear_probe()

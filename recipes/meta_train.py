@@ -24,9 +24,15 @@ from typing import Any
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
 from hf_metatransfer import conventions
-from hf_metatransfer.cli_args import parse_args
+from hf_metatransfer.cli_args import arguments_as_run, parse_args
 from hf_metatransfer.conventions import InputConventions
-from hf_metatransfer.episodes import EpisodeCollator, TokenStore, episodes_to_dataset, tokenize_dataset
+from hf_metatransfer.episodes import (
+    EpisodeCollator,
+    TokenStore,
+    episodes_to_dataset,
+    other_languages,
+    tokenize_dataset,
+)
 from hf_metatransfer.episodes.presets import TaskCollection, ha_intents_tasks
 from hf_metatransfer.hub.cards import hub_id
 from hf_metatransfer.hub.plots import method_comparison
@@ -67,6 +73,11 @@ class EpisodeArguments:
         metadata={"help": "Held out from meta-training and validation, for meta-testing: a language-disjoint "
                           "split on top of the class-disjoint one (the rest of `languages` meta-trains)."},
     )  # fmt: skip
+    allow_variants: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Variants of a held-out language to keep on another side of the split, by name (de-CH "
+                          "meta-trained while de is held out); others are kept with their language."},
+    )  # fmt: skip
     mode: str = field(default="classes", metadata={"help": "'classes', 'monolingual' or 'cross-lingual'."})
     support_languages: list[str] | None = field(
         default=None, metadata={"help": "Cross-lingual: support side."}
@@ -105,26 +116,29 @@ class EpisodeArguments:
     )  # fmt: skip
 
 
-def write_card(folder: Path, model_id: str, base_model: str | None, ep: EpisodeArguments,
-               config: MetaTrainingConfig, algorithm, tasks, rows, episodes_repo: str | None,
+def write_card(folder: Path, model_id: str, model_args: ModelArguments, ep: EpisodeArguments,
+               config: MetaTrainingConfig, model, algorithm, tasks, rows, episodes_repo: str | None,
                adapted: list[str]) -> None:  # fmt: skip
-    """The meta-learned model's card: method, N/K/Q, languages, class splits, results with CIs."""
+    """The meta-learned model's card, from what ran: the arguments, the split, the algorithm and the scored rows."""
     from hf_metatransfer.hub.cards import MetaLearnedCardData, Result, write_card
 
+    every_parameter = {name for name, _ in model.named_parameters()}
     data = MetaLearnedCardData(
-        model_id=model_id, base_model=base_model, dataset_name="home-assistant-intents",
+        model_id=model_id, base_model=hub_id(model_args.model_name_or_path), dataset_name="home-assistant-intents",
         language=tasks.languages_of("train") + tasks.languages_of("test"), algorithm=config.algorithm,
         n_way=ep.n_way, k_shot=ep.k_shot,
         q_query=ep.q_query, inner_steps=algorithm.inner_steps, inner_lr=algorithm.inner_lr,
         outer_lr=config.learning_rate, meta_batch_size=config.meta_batch_size, meta_steps=config.max_steps,
         first_order=config.algorithm in ("fomaml", "reptile"), fast_weights=algorithm.fast_weights,
-        projection_dim=config.projection_dim,
+        fast_parameters=[] if set(algorithm.fast) == every_parameter else list(algorithm.fast),
+        projection_dim=config.projection_dim, mode=ep.mode, support_languages=list(ep.support_languages or []),
+        query_languages=list(ep.query_languages or []), language_split=language_split(ep) is not None,
         train_languages=tasks.languages_of("train"), test_languages=tasks.languages_of("test"),
         train_classes=tasks.class_names("train"), test_classes=tasks.class_names("test"),
         episodes_repo=episodes_repo, adapted=adapted,
         results=[Result.from_episodes("accuracy", r.per_episode, shots=ep.k_shot, setting=r.method,
                                       details=r.settings) for r in rows],
-        reproduce={**asdict(ep), **asdict(config)},
+        reproduce=arguments_as_run(model_args, ep, config),
     )  # fmt: skip
     write_card(data, folder)
 
@@ -152,7 +166,8 @@ def language_split(ep: EpisodeArguments) -> dict[str, list[str]] | None:
         raise ValueError(
             f"Held-out languages {unknown} are not in `languages` {ep.languages}: add them there."
         )
-    train = [lang for lang in ep.languages if lang not in held_out]
+    # Compared by language: de-CH is not meta-trained on while de is held out (unless allowed by name).
+    train = other_languages(ep.languages, sorted(held_out), ep.allow_variants)
     if not train:
         raise ValueError(f"Every language of {ep.languages} is held out: nothing is left to meta-train on.")
     return {"train": train, "validation": validation, "test": list(ep.test_languages)}
@@ -193,7 +208,7 @@ def setup_episodes(model_args: ModelArguments, ep: EpisodeArguments, seed: int) 
     name, model_class, input_conventions = resolve_model(model_args.model_name_or_path)
     tasks = ha_intents_tasks(languages=ep.languages, seed=seed, class_ratios=ep.class_ratios,
                              language_split=language_split(ep), slots=ep.slots,
-                             cap_per_intent=ep.cap_per_intent)  # fmt: skip
+                             cap_per_intent=ep.cap_per_intent, allow_variants=ep.allow_variants)  # fmt: skip
     logger.info(tasks.summary())
     tokenizer = AutoTokenizer.from_pretrained(name, revision=model_args.revision,
                                               trust_remote_code=model_args.trust_remote_code)  # fmt: skip
@@ -277,8 +292,7 @@ def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingC
         # The inputs it was trained on, beside the weights (the card shows them): MetaTrainer saves the weights only.
         conventions.conventions_for(model_args.model_name_or_path).save(out)
         setup.tokenizer.save_pretrained(out)
-        base_model = hub_id(model_args.model_name_or_path)
-        write_card(out, trainer.hub_model_id if config.push_to_hub else out.name, base_model, ep, config,
+        write_card(out, trainer.hub_model_id if config.push_to_hub else out.name, model_args, ep, config, model,
                    trainer.algorithm, setup.tasks, rows, episodes_repo, adapted)  # fmt: skip
         if config.push_to_hub:
             from hf_metatransfer.hub.publish import push_episodes

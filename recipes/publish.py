@@ -4,8 +4,9 @@
     hf-metatransfer publish --folder outputs/finetune_lpft --repo_id me/minilm-intents-lpft --language en
 
 The token comes from ``HF_TOKEN`` or ``hf auth login`` (a ``--token`` flag works too, but lands in the shell
-history). When the folder has no ``README.md``, the card is written from the finetune recipe's ``results.json``
-first (into the folder, so the local copy matches the published one). A push that keeps failing leaves the folder
+history). The card is rendered for the repo it goes to, from the facts the run recorded (``card_data.json``), with
+``--language`` and the other card options applied (into the folder, so the local copy matches the published one);
+a card edited by hand keeps its text and gets only its metadata set. A push that keeps failing leaves the folder
 as it was and exits with the reason; run the same command again.
 """
 
@@ -14,12 +15,20 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from huggingface_hub import ModelCard
+
 from hf_metatransfer.cli_args import parse_args
-from hf_metatransfer.hub import fine_tuned_card_from_results, push_folder, write_card
-from hf_metatransfer.hub.cards import CARD_NAME
+from hf_metatransfer.hub import (
+    card_is_as_rendered,
+    fine_tuned_card_from_results,
+    load_card_data,
+    push_folder,
+    write_card,
+)
+from hf_metatransfer.hub.cards import CARD_DATA_NAME, CARD_NAME
 
 logger = logging.getLogger("hf_metatransfer.publish")
 
@@ -46,7 +55,10 @@ class PublishArguments:
     language: list[str] | None = field(
         default=None, metadata={"help": "Languages of the model (ISO 639), for the card."}
     )
-    license: str = field(default="apache-2.0", metadata={"help": "License of the model, for the card."})
+    license: str | None = field(
+        default=None,
+        metadata={"help": "License of the model, for the card (default: the card's, apache-2.0)."},
+    )
     base_model: str | None = field(
         default=None,
         metadata={"help": "Hub id of the base model, for the card (default: from results.json)."},
@@ -55,7 +67,10 @@ class PublishArguments:
         default=None, metadata={"help": "Hub ids of the training data, for the card."}
     )
     regenerate_card: bool = field(
-        default=False, metadata={"help": "Rewrite README.md from results.json even when the folder has one."}
+        default=False,
+        metadata={
+            "help": "Render README.md again from card_data.json (or results.json) even when it was edited."
+        },
     )
     max_retries: int = field(
         default=5, metadata={"help": "Retries of transient failures (5xx, broken connections)."}
@@ -63,28 +78,51 @@ class PublishArguments:
 
 
 def ensure_card(args: PublishArguments) -> Path:
-    """The folder's card, written from ``results.json`` when missing (or when asked to)."""
+    """The card to push, for ``args.repo_id`` and ``args.language``.
+
+    A card the package rendered (``card_data.json`` beside it, README unchanged since) is rendered again from its
+    recorded facts for this repo, with the languages, licence, base model and datasets given here. A card edited by
+    hand is pushed as it is, with only its metadata updated (said in the log). With no card, it is written from the
+    finetune recipe's ``results.json``.
+    """
     folder = Path(args.folder)
     card = folder / CARD_NAME
+    overrides = {"model_id": args.repo_id, "language": args.language, "license": args.license,
+                 "base_model": args.base_model, "datasets": args.datasets}  # fmt: skip
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    recorded = load_card_data(folder)
+    if recorded is not None and (args.regenerate_card or not card.is_file() or card_is_as_rendered(folder)):
+        path = write_card(replace(recorded, **overrides), folder)
+        logger.info("rendered %s for %s from %s", path, args.repo_id, CARD_DATA_NAME)
+        return path
     if card.is_file() and not args.regenerate_card:
-        return card
+        return _update_metadata(card, overrides)
     results = folder / "results.json"
     if not results.is_file():
         raise FileNotFoundError(
             f"{folder} has no {CARD_NAME} and no results.json to write one from: publish the output folder of a "
             "recipe (hf-metatransfer finetune writes both), or add a README.md."
         )
-    data = fine_tuned_card_from_results(
-        json.loads(results.read_text()),
-        model_id=args.repo_id,
-        language=args.language,
-        license=args.license,
-        base_model=args.base_model,
-        datasets=args.datasets,
-    )
+    data = fine_tuned_card_from_results(json.loads(results.read_text()), **overrides)
     path = write_card(data, folder)
     logger.info("wrote %s from %s", path, results)
     return path
+
+
+def _update_metadata(card: Path, overrides: dict) -> Path:
+    """A hand-written card keeps its text; the metadata given on the command line is set in its YAML header."""
+    metadata = {"language": overrides.get("language"), "license": overrides.get("license"),
+                "base_model": overrides.get("base_model"), "datasets": overrides.get("datasets")}  # fmt: skip
+    metadata = {k: v for k, v in metadata.items() if v is not None}
+    model_card = ModelCard.load(card)
+    for key, value in metadata.items():
+        setattr(model_card.data, key, value)
+    model_card.save(card)
+    logger.warning(
+        "%s was edited by hand (or not written by hf-metatransfer): pushed with its own text, only its metadata "
+        "set (%s). --regenerate_card renders it again from %s.", card, ", ".join(metadata) or "nothing", CARD_DATA_NAME,
+    )  # fmt: skip
+    return card
 
 
 def main(args: PublishArguments) -> str:

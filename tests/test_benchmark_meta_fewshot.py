@@ -33,7 +33,7 @@ def test_targets_pick_the_best_meta_learner_and_pair_it_on_the_shared_episodes()
     out = meta_fewshot.targets(rows, ["a (meta-learned)", "b (meta-learned)"])
     assert out["best_meta"] == "a (meta-learned)"
     diffs = [0.1, 0.0, 0.1, 0.1, 0.0, 0.1]
-    half = 1.96 * math.sqrt(sum((d - 0.4 / 6) ** 2 for d in diffs) / 5 / 6)
+    half = 2.5705818 * math.sqrt(sum((d - 0.4 / 6) ** 2 for d in diffs) / 5 / 6)
     assert out["paired_vs_nearest_centroid_pts"] == [round(100 * 0.4 / 6, 2), round(100 * half, 2)]
     assert out["margin_vs_nearest_centroid_pts"] == pytest.approx(100 * 0.4 / 6, abs=0.01)
     assert out["beats_nearest_centroid_by_3pts"] is True

@@ -25,6 +25,7 @@ from hf_metatransfer.meta import (
     NearestCentroid,
     build_algorithm,
 )
+from hf_metatransfer.recipes.finetune import ModelArguments
 from hf_metatransfer.recipes.meta_train import EpisodeArguments, score_against_baselines, write_card
 from tests.meta_fixtures import tiny_bert, token_classes, token_episodes
 from tests.test_finetune_trainer import toy_dataset
@@ -186,7 +187,8 @@ def test_the_results_table_and_the_card_state_every_methods_settings(tmp_path, c
     assert all(f"| {r.method} | {r.settings} |" in table for r in rows)
     tasks = tasks_from_builder(EpisodeBuilder(token_classes(), label_column="label", text_column=None),
                                class_split={"train": list(range(7)), "test": [7, 8, 9]})  # fmt: skip
-    write_card(tmp_path, "tester/meta", None, ep, config(tmp_path), algorithm, tasks, rows, None, [])
+    write_card(tmp_path, "tester/meta", ModelArguments(model_name_or_path=str(tmp_path)), ep, config(tmp_path), model,
+               algorithm, tasks, rows, None, [])  # fmt: skip
     card = (tmp_path / "README.md").read_text()
     assert "| setting | how it adapts | split |" in card
     assert all(f"| {r.method} | {r.settings} | test |" in card for r in rows)

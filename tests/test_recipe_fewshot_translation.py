@@ -53,6 +53,11 @@ def test_recipe_scores_every_method_on_the_same_held_out_tasks_and_pushes(
     card = ModelCard.load(out / "README.md")
     assert card.data.pipeline_tag == "translation" and {"ww", "zz", "xx", "yy"} <= set(card.data.language)
     assert "reptile" in card.text.lower() and "LoRA from the meta-learned initialisation" in card.text
+    # the no-model baselines sit beside the results, never in the model-index; the verdict follows the recorded one
+    assert "| copy the source (no model) |" in card.text and "| shuffled reference (no model) |" in card.text
+    assert not any("no model" in r.metric_name for r in card.data.eval_results)
+    translates = any(v["translates"] for by_method in summary["verdicts"].values() for v in by_method.values())
+    assert ("**no setting above does**" in card.text) is not translates
     files = set(HfApi(endpoint=hub.url, token=TOKEN).list_repo_files("tester/translate-tiny"))
     assert {"README.md", "adapter_model.safetensors", "adapter_config.json", "results.json"} <= files
     assert not any(f.startswith("checkpoint-") for f in files)

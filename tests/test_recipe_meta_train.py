@@ -103,7 +103,10 @@ def test_held_out_languages_are_never_meta_trained_on_and_are_the_test_languages
     episodes = load_from_disk(str(out / "test_episodes"))
     assert set(episodes["support_lang"]) == set(episodes["query_lang"]) == {"fr"}
     card = ModelCard.load(out / "README.md")
-    assert "| meta-training languages | en |" in card.text and "| evaluation languages | fr |" in card.text
+    assert (
+        "| meta-training languages | en |" in card.text
+        and "| evaluation languages (held out of meta-training) | fr |" in card.text
+    )
 
 
 def test_held_out_languages_need_a_validation_language_outside_them(tmp_path, tiny_checkpoint):  # noqa: F811

@@ -156,11 +156,17 @@ def test_long_inputs_are_truncated_with_a_warning_keeping_the_cue(causal, caplog
     )
     with caplog.at_level(logging.WARNING):
         batch = batcher.training_batch(["a" * 200], ["b" * 50], "en", "xx")
-    assert "truncated" in caplog.text and "max_length=60" in caplog.text
+    assert (
+        "truncated" in caplog.text and "max_length=60" in caplog.text and "max_target_length=8" in caplog.text
+    )
     assert batch["input_ids"].shape[1] == 60
     labelled = batch["labels"][0][batch["labels"][0] != -100]
-    assert len(labelled) == 8 and labelled[-1] == batcher.tokenizer.eos_token_id
-    assert batcher.tokenizer.decode(batch["input_ids"][0][: 60 - 8]).endswith("Xish:")
+    # a cut target ends without EOS: the model must not learn to stop mid-sentence
+    assert (
+        batcher.tokenizer.decode(labelled) == " " + "b" * 7 and batcher.tokenizer.eos_token_id not in labelled
+    )
+    prompt = batcher.tokenizer.decode(batch["input_ids"][0][: 60 - 8])
+    assert prompt.startswith("Translate from English to Xish.") and prompt.endswith("Xish:")
 
 
 def test_bad_input_gets_clear_errors(causal):

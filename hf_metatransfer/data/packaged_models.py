@@ -54,6 +54,24 @@ _E5_TOKENIZER_CONFIG = {
 }
 
 
+def packaged_hub_id(folder: str | Path) -> str | None:
+    """The Hub id of the release a packaged folder holds (MiniLM's package folder, or a rebuilt e5 / SmolLM2 that
+    records it), else None: a card's ``base_model`` and an adapter's base must name the release, not a local path."""
+    folder = Path(folder)
+    try:
+        if folder.resolve() == Path(minilm_path()).resolve():
+            return MINILM
+    except ImportError:
+        pass
+    source = folder / _SOURCE_FILE
+    if source.is_file():
+        try:
+            return json.loads(source.read_text(encoding="utf-8")).get("from")
+        except (OSError, ValueError):
+            return None
+    return None
+
+
 def _package_dir(name: str, hint: str = _E5_INSTALL_HINT) -> Path:
     import importlib.util
 

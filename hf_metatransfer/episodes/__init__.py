@@ -4,7 +4,15 @@ from .builder import EpisodeBuilder
 from .collate import EpisodeCollator, TokenStore, tokenize_dataset
 from .episode import Episode, episodes_from_dataset, episodes_to_dataset, verify_episodes
 from .index import GroupIndex
+from .languages import base_language, language_groups, other_languages
 from .presets import TaskCollection, ha_intents_tasks, massive_style_tasks, tasks_from_builder
+from .protocols import (
+    ProtocolEpisodes,
+    ProtocolReport,
+    all_way_episodes,
+    fixed_shot_episodes,
+    generalized_episodes,
+)
 from .sampler import EpisodeSampler
 from .splits import SplitLeakError, Splits, check_disjoint, split_values
 from .streaming import StreamingEpisodes
@@ -20,6 +28,9 @@ __all__ = [
     "EpisodeSampler",
     "GroupIndex",
     "SplitLeakError",
+    "base_language",
+    "language_groups",
+    "other_languages",
     "Splits",
     "TokenStore",
     "check_disjoint",
@@ -33,6 +44,11 @@ __all__ = [
     "from_flores_style",
     "split_target_languages",
     "TaskCollection",
+    "ProtocolEpisodes",
+    "ProtocolReport",
+    "all_way_episodes",
+    "fixed_shot_episodes",
+    "generalized_episodes",
     "ha_intents_tasks",
     "massive_style_tasks",
     "tasks_from_builder",

@@ -154,20 +154,25 @@ class EpisodeBuilder:
         seed: int = 0,
         explicit: dict[str, Sequence[str]] | None = None,
         names: Sequence[str] = ("train", "validation", "test"),
+        allow_variants: Sequence[str] = (),
     ) -> Splits:
-        """Language-disjoint splits (names of languages), by seeded ratios or explicit lists."""
+        """Language-disjoint splits (names of languages), by seeded ratios or explicit lists.
+
+        Disjoint by base language: seeded ratios keep a language's variants (``pt``, ``pt-BR``) in one split, and
+        explicit lists that separate them are refused, except the codes named in ``allow_variants``.
+        """
         if not self.lang_column:
             raise ValueError("Language splits need lang_column=... when building the EpisodeBuilder.")
+        named = [lang for v in (explicit or {}).values() for lang in v]
+        unknown = [lang for lang in [*named, *allow_variants] if lang not in self.languages]
+        if unknown:
+            raise ValueError(f"Languages {unknown} are not in the dataset (it has {list(self.languages)}).")
         if explicit is not None:
-            unknown = [lang for v in explicit.values() for lang in v if lang not in self.languages]
-            if unknown:
-                raise ValueError(
-                    f"Languages {unknown} are not in the dataset (it has {list(self.languages)})."
-                )
-            return Splits({k: list(v) for k, v in explicit.items()}, kind="language")
-        return Splits(
-            split_values(list(self.languages), ratios or (0.6, 0.2, 0.2), seed, names), kind="language"
-        )
+            return Splits({k: list(v) for k, v in explicit.items()}, kind="language",
+                          allow_variants=tuple(allow_variants))  # fmt: skip
+        parts = split_values(list(self.languages), ratios or (0.6, 0.2, 0.2), seed, names, kind="language",
+                             allow_variants=allow_variants)  # fmt: skip
+        return Splits(parts, kind="language", allow_variants=tuple(allow_variants))
 
     def sampler(
         self,

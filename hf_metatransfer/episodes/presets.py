@@ -90,7 +90,8 @@ class TaskCollection:
 
     # -- checks --------------------------------------------------------------------------------------------
     def check(self) -> None:
-        """Fail with :class:`SplitLeakError` unless classes (and languages) are disjoint across splits."""
+        """Fail with :class:`SplitLeakError` unless classes (and languages, by base language) are disjoint across
+        splits."""
         self.classes.check()
         if self.classes.kind != "class":
             raise ValueError(f"classes must be a class Splits, got kind={self.classes.kind!r}.")
@@ -209,13 +210,18 @@ class TaskCollection:
 
 
 # -- building collections -------------------------------------------------------------------------------------
-def _language_splits(builder: EpisodeBuilder, language_split: LanguageSplit, seed: int,
-                     names: Sequence[str]) -> Splits | None:  # fmt: skip
+def _language_splits(builder: EpisodeBuilder, language_split: LanguageSplit, seed: int, names: Sequence[str],
+                     allow_variants: Sequence[str]) -> Splits | None:  # fmt: skip
     if language_split is None:
+        if allow_variants:
+            raise ValueError("allow_variants applies to a language split: pass language_split=... too.")
         return None
     if isinstance(language_split, Mapping):
-        return builder.split_languages(explicit={k: list(v) for k, v in language_split.items()})
-    return builder.split_languages(tuple(language_split), seed=seed, names=names)
+        return builder.split_languages(explicit={k: list(v) for k, v in language_split.items()},
+                                       allow_variants=allow_variants)  # fmt: skip
+    return builder.split_languages(
+        tuple(language_split), seed=seed, names=names, allow_variants=allow_variants
+    )
 
 
 def tasks_from_builder(
@@ -226,15 +232,19 @@ def tasks_from_builder(
     class_split: Mapping[str, Sequence[str | int]] | None = None,
     language_split: LanguageSplit = None,
     split_names: Sequence[str] = SPLIT_NAMES,
+    allow_variants: Sequence[str] = (),
     name: str = "",
 ) -> TaskCollection:
     """A :class:`TaskCollection` over any builder: seeded class ratios (or an explicit ``class_split``), and a
-    language split given as ``{split: [languages]}`` or as seeded ratios over the dataset's languages."""
+    language split given as ``{split: [languages]}`` or as seeded ratios over the dataset's languages.
+
+    Language splits are disjoint by base language (``de`` and ``de-CH`` are one language); ``allow_variants``
+    names the codes that may sit apart from the rest of their language."""
     if class_split is not None:
         classes = builder.split_classes(explicit=class_split)
     else:
         classes = builder.split_classes(class_ratios, seed=seed, names=split_names)
-    languages = _language_splits(builder, language_split, seed, tuple(classes.parts))
+    languages = _language_splits(builder, language_split, seed, tuple(classes.parts), allow_variants)
     return TaskCollection(builder=builder, classes=classes, languages=languages, name=name)
 
 
@@ -248,6 +258,7 @@ def ha_intents_tasks(
     *,
     class_split: Mapping[str, Sequence[str | int]] | None = None,
     split_names: Sequence[str] = SPLIT_NAMES,
+    allow_variants: Sequence[str] = (),
     data_seed: int = 0,
     cache_dir: str | None = None,
 ) -> TaskCollection:
@@ -255,7 +266,8 @@ def ha_intents_tasks(
 
     ``seed`` seeds the class (and ratio-given language) splits; ``data_seed`` is ``load_ha_intents``' seed (which
     sentences are kept). ``language_split``: ``None`` (every split uses every language), ``{split: [codes]}``, or
-    ratios such as ``(0.6, 0.2, 0.2)``. Labels are the intents (``label``, a ClassLabel over all intents of the
+    ratios such as ``(0.6, 0.2, 0.2)``; either way variants of one language (``zh-CN``, ``zh-TW``) stay in one split
+    unless named in ``allow_variants``. Labels are the intents (``label``, a ClassLabel over all intents of the
     package, so class ids agree across language subsets).
     """
     from hf_metatransfer.data import load_ha_intents
@@ -264,7 +276,8 @@ def ha_intents_tasks(
                               slots=slots, seed=data_seed, cache_dir=cache_dir)  # fmt: skip
     builder = EpisodeBuilder(dataset, label_column="label", text_column="text", lang_column="lang")
     return tasks_from_builder(builder, seed=seed, class_ratios=class_ratios, class_split=class_split,
-                              language_split=language_split, split_names=split_names, name="ha_intents")  # fmt: skip
+                              language_split=language_split, split_names=split_names,
+                              allow_variants=allow_variants, name="ha_intents")  # fmt: skip
 
 
 def _missing_columns_error(where: str, columns: Sequence[str], missing: dict[str, str]) -> ValueError:
@@ -335,6 +348,7 @@ def massive_style_tasks(
     language_split: LanguageSplit = None,
     class_split: Mapping[str, Sequence[str | int]] | None = None,
     split_names: Sequence[str] = SPLIT_NAMES,
+    allow_variants: Sequence[str] = (),
     data_splits: Sequence[str] | None = None,
     text_column: str = "utt",
     label_column: str = "intent",
@@ -350,7 +364,8 @@ def massive_style_tasks(
     ``load_dataset(hub_id, hub_config, **load_kwargs)`` (``AmazonScience/massive``, config ``all``: needs the
     network). The label may be a ``ClassLabel`` (as on the Hub), int or str; the text and locale columns may be
     ``string`` (json) or ``large_string`` (csv, parquet); splits of different string types are cast to the
-    first's. Languages are the locale codes (``"de-DE"``).
+    first's. Languages are the locale codes (``"de-DE"``); language splits keep the locales of one language
+    (``pt-PT``, ``pt-BR``) together unless named in ``allow_variants``.
     """
     if dataset_or_dict is None:
         try:
@@ -366,4 +381,5 @@ def massive_style_tasks(
         dataset, label_column=label_column, text_column=text_column, lang_column=lang_column
     )
     return tasks_from_builder(builder, seed=seed, class_ratios=class_ratios, class_split=class_split,
-                              language_split=language_split, split_names=split_names, name="massive")  # fmt: skip
+                              language_split=language_split, split_names=split_names,
+                              allow_variants=allow_variants, name="massive")  # fmt: skip

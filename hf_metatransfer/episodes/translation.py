@@ -416,23 +416,30 @@ def split_target_languages(
     *,
     target_lang_column: str = "target_lang",
     names: Sequence[str] = ("train", "validation", "test"),
+    allow_variants: Sequence[str] = (),
 ) -> Splits:
     """Language-disjoint meta-train / meta-val / meta-test target languages, by seeded ratios or explicit lists.
 
-    Pass a part to a sampler as ``languages=splits["train"]``; :class:`Splits` raises ``SplitLeakError`` when
-    two parts share a language.
+    Disjoint by base language (``hf_metatransfer.episodes.languages``): seeded ratios keep ``es``, ``es_AR`` and
+    ``es_MX`` in one split, and :class:`Splits` raises ``SplitLeakError`` when two parts share a language or
+    variants of one, except the codes named in ``allow_variants``. Pass a part to a sampler as
+    ``languages=splits["train"]``.
     """
     column = _languages(
         read_column(dataset, target_lang_column, "target_lang"), target_lang_column, "target_lang"
     )
     present = sorted(pc.unique(column).to_pylist())
+    named = [(lang, f" in split {part!r}") for part, langs in (explicit or {}).items() for lang in langs]
+    for lang, where in [*named, *((lang, " in allow_variants") for lang in allow_variants)]:
+        if lang not in present:
+            raise _unknown_language(lang, present, where)
+    allow = tuple(allow_variants)
     if explicit is not None:
-        for part, langs in explicit.items():
-            for lang in langs:
-                if lang not in present:
-                    raise _unknown_language(lang, present, f" in split {part!r}")
-        return Splits({k: list(v) for k, v in explicit.items()}, kind="language")
-    return Splits(split_values(present, ratios or (0.6, 0.2, 0.2), seed, names), kind="language")
+        return Splits({k: list(v) for k, v in explicit.items()}, kind="language", allow_variants=allow)
+    parts = split_values(
+        present, ratios or (0.6, 0.2, 0.2), seed, names, kind="language", allow_variants=allow
+    )
+    return Splits(parts, kind="language", allow_variants=allow)
 
 
 # -- FLORES-style wide datasets ------------------------------------------------------------------------------------

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-import statistics
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from scipy import stats
 from threadpoolctl import threadpool_limits
+
+from ..stats import confidence_interval as mean_ci
+from ..stats import paired_difference
+
+# mean_ci: the experiments' name for the library's Student-t interval (hf_metatransfer.stats)
+__all__ = ["cpu_threads", "markdown_table", "mean_ci", "paired", "pct", "write_results"]
 
 
 @contextlib.contextmanager
@@ -29,23 +32,9 @@ def cpu_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def mean_ci(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% Student-t interval (0 for a single value: no spread to estimate)."""
-    if not values:
-        raise ValueError("mean_ci needs at least one value.")
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, 0.0
-    return mean, float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(
-        len(values)
-    )
-
-
 def paired(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-    """Mean and 95% CI of ``a - b`` over matched units (the same episode or seed): sharper than two intervals."""
-    if len(a) != len(b):
-        raise ValueError(f"Paired differences need matched units: got {len(a)} and {len(b)} values.")
-    return mean_ci([x - y for x, y in zip(a, b)])
+    """Mean and 95% Student-t CI of ``a - b`` over matched units (the same episode or seed)."""
+    return paired_difference(a, b).as_tuple()
 
 
 def pct(mean_and_ci: tuple[float, float], digits: int = 1) -> str:

@@ -74,6 +74,9 @@ class ModelCardCallback(TrainerCallback):
     def __init__(self, trainer: Any, **card_kwargs: Any) -> None:
         self.trainer = trainer
         self.card_kwargs = card_kwargs
+        # The options the trainer does not hold (a recipe's model and data arguments): the Reproduce section
+        # starts with them, so that it repeats the run rather than train the default model on the default data.
+        self.run_arguments: dict[str, Any] = {}
         self.metrics: dict[str, float] = {}
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
@@ -117,7 +120,7 @@ class ModelCardCallback(TrainerCallback):
             "labels": labels if named else [],
             "linear_probe": getattr(trainer, "linear_probe_info", None),
             "log_history": list(trainer.state.log_history),
-            "reproduce": self.reproduce(strategy),
+            "reproduce": {**self.run_arguments, **self.reproduce(strategy)},
         }
         data.update(self.card_kwargs)
         data.update({k: v for k, v in overrides.items() if v is not None})

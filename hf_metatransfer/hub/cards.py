@@ -9,10 +9,11 @@ values (never from a hand-written summary), so it cannot drift from what ran.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import json
 import math
 import re
-import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from importlib.resources import files
@@ -23,10 +24,13 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..conventions import saved_conventions
+from ..stats import mean_interval
 from . import plots
 
 LIBRARY_TAG = "hf-metatransfer"
 CARD_NAME = "README.md"
+#: The facts a card was rendered from, beside it: ``publish`` re-renders the card from them for another repo.
+CARD_DATA_NAME = "card_data.json"
 #: Strategy tags, in the order the method section describes them.
 STRATEGY_TAGS = (
     "lp-ft",
@@ -69,10 +73,9 @@ class Result:
 
     @classmethod
     def from_episodes(cls, metric: str, values: Sequence[float], **kwargs: Any) -> Result:
-        """The mean over evaluation episodes with the usual few-shot 95% interval, mean +- 1.96 sd / sqrt(n)."""
-        mean = statistics.fmean(values)
-        half = Z95 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
-        return cls(metric, mean, ci_low=mean - half, ci_high=mean + half, n=len(values), **kwargs)
+        """The mean over evaluation episodes or tasks with its 95% Student-t interval (t(n-1) sd / sqrt(n))."""
+        interval = mean_interval(values)
+        return cls(metric, interval.mean, ci_low=interval.low, ci_high=interval.high, n=interval.n, **kwargs)
 
 
 @dataclass
@@ -204,7 +207,17 @@ class MetaLearnedCardData(CardData):
     meta_steps: int = 0
     first_order: bool = False
     fast_weights: str = "all"  # what adapts in the inner loop: "all", "head", or a description
+    # The parameters the inner loop adapts when not all of them (ANIL's head, a LoRA): the snippet adapts these.
+    fast_parameters: list[str] = field(default_factory=list)
     projection_dim: int = 0  # ProtoNets: the size of the learned projection of the embeddings (0: none)
+    mode: str = (
+        "classes"  # episodes: "classes", "monolingual" or "cross-lingual" (support and query languages)
+    )
+    support_languages: list[str] = field(default_factory=list)  # cross-lingual episodes: the support side
+    query_languages: list[str] = field(default_factory=list)  # and the query side
+    # True only when the evaluation languages were held out of meta-training (a language-disjoint split);
+    # otherwise every split is in every language and the card must not call them unseen.
+    language_split: bool = False
     train_languages: list[str] = field(default_factory=list)
     test_languages: list[str] = field(default_factory=list)
     train_classes: list[str] = field(default_factory=list)
@@ -245,7 +258,12 @@ class MetaLearnedCardData(CardData):
                     "meta_steps",
                     "first_order",
                     "fast_weights",
+                    "fast_parameters",
                     "projection_dim",
+                    "mode",
+                    "support_languages",
+                    "query_languages",
+                    "language_split",
                     "train_languages",
                     "test_languages",
                     "train_classes",
@@ -292,6 +310,11 @@ class TranslationCardData(CardData):
     adaptation_lr: float = 1e-4
     prompt_example: str = ""  # what a decoder-only LM reads (empty for seq2seq)
     is_encoder_decoder: bool = False
+    # The no-model baselines on the same tasks (copy the source, a shuffled reference): shown beside the results,
+    # never in the model-index (they are not this model's scores).
+    baselines: list[Result] = field(default_factory=list)
+    # "method, K": the settings that beat both baselines (paired Student t over tasks); the rest do not translate.
+    translating: list[str] = field(default_factory=list)
 
     def all_tags(self) -> list[str]:
         kinds = ["meta-learning", "few-shot", "translation", "lora", _tag(self.algorithm)]
@@ -313,6 +336,7 @@ class TranslationCardData(CardData):
         base = {f.name for f in fields(CardData)}
         kwargs.update({f.name: getattr(self, f.name) for f in fields(self) if f.name not in base})
         kwargs["algo"] = _algorithm_key(self.algorithm)
+        kwargs["baselines"] = [asdict(r) for r in self.baselines]
         # The snippet's example pair: a held-out language when there is one, as the card is about those.
         kwargs["example_target"] = next(iter(self.test_languages or self.train_languages), "de")
         return kwargs
@@ -368,19 +392,13 @@ def hub_id(name_or_path: str | None) -> str | None:
     if not name_or_path or name_or_path in _LOCAL_DATASETS:
         return None
     from ..conventions import PACKAGED_MODELS
+    from ..data.packaged_models import packaged_hub_id
 
     if name_or_path in PACKAGED_MODELS:  # "embedded", "embedded-multilingual": the checkpoints they rebuild
         return PACKAGED_MODELS[name_or_path].hub_id
-    try:
-        from ..data.packaged_models import MINILM, minilm_path
-
-        if Path(name_or_path).resolve() == Path(minilm_path()).resolve():
-            return MINILM
-    except ImportError:
-        pass
-    if Path(name_or_path).exists() or not _HUB_ID.match(name_or_path):
-        return None
-    return name_or_path
+    if Path(name_or_path).exists():  # a packaged model's folder names its release; any other folder, nothing
+        return packaged_hub_id(name_or_path)
+    return name_or_path if _HUB_ID.match(name_or_path) else None
 
 
 def results_from_json(results: Mapping[str, Any]) -> list[Result]:
@@ -444,7 +462,9 @@ def write_card(data: CardData, folder: str | Path) -> Path:
     """Write ``README.md`` (and its figure, when matplotlib is installed) into ``folder``; the README's path.
 
     Unless ``data`` says what inputs start with, the snippets show the input conventions saved in ``folder``
-    (``input_conventions.json``): the card describes the model beside it.
+    (``input_conventions.json``): the card describes the model beside it. The data goes beside the card
+    (``card_data.json``, with the README's hash), so the card can be rendered again for another repo and a card
+    edited by hand is recognised as such.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -454,7 +474,41 @@ def write_card(data: CardData, folder: str | Path) -> Path:
     card = render_card(data, plot=data.plot(folder))
     path = folder / CARD_NAME
     card.save(path)
+    recorded = {"card": type(data).__name__, "readme_sha256": _sha256(path), "data": asdict(data)}
+    (folder / CARD_DATA_NAME).write_text(json.dumps(recorded, indent=2, default=str), encoding="utf-8")
     return path
+
+
+def load_card_data(folder: str | Path) -> CardData | None:
+    """The data the card in ``folder`` was rendered from (``card_data.json``), or None when there is none."""
+    path = Path(folder) / CARD_DATA_NAME
+    if not path.is_file():
+        return None
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    kinds = {kind.__name__: kind for kind in (FineTunedCardData, MetaLearnedCardData, TranslationCardData)}
+    if recorded.get("card") not in kinds:
+        raise ValueError(f"{path} records a card of kind {recorded.get('card')!r}, not one of {sorted(kinds)}: "
+                         "write it again with hf_metatransfer.hub.write_card.")  # fmt: skip
+    kind = kinds[recorded["card"]]
+    values = dict(recorded["data"])
+    for key in ("results", "baselines"):
+        if key in values:
+            values[key] = [Result(**r) for r in values[key]]
+    known = {f.name for f in fields(kind)}
+    return kind(**{k: v for k, v in values.items() if k in known})
+
+
+def card_is_as_rendered(folder: str | Path) -> bool:
+    """Whether ``README.md`` is still the card ``write_card`` rendered (False once edited by hand)."""
+    folder = Path(folder)
+    path = folder / CARD_DATA_NAME
+    if not path.is_file() or not (folder / CARD_NAME).is_file():
+        return False
+    return json.loads(path.read_text(encoding="utf-8")).get("readme_sha256") == _sha256(folder / CARD_NAME)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _versions() -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Meta-testing: adapt to each test episode, score its queries, mean accuracy with a 95% CI and adaptation time.
+"""Meta-testing: adapt to each test episode, score its queries, mean accuracy with a 95% Student-t CI and adaptation
+time.
 
 The non-meta baselines run through the same harness on the same episodes: nearest class centroid on frozen
 features, a linear probe on frozen features, fine-tuning, and LP-FT. Each is an object with
@@ -8,7 +9,6 @@ features, a linear probe on frozen features, fine-tuning, and LP-FT. Each is an 
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -21,17 +21,8 @@ from tqdm.auto import tqdm
 
 from ..episodes.episode import Episode
 from ..episodes.user import UserEpisodes
+from ..stats import confidence_interval
 from .algorithms import Batch, ProtoNets, model_inputs
-
-
-def confidence_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
-    """Mean and half-width of the normal 95% confidence interval over tasks."""
-    n = len(values)
-    if n == 0:
-        return float("nan"), float("nan")
-    mean = sum(values) / n
-    var = sum((v - mean) ** 2 for v in values) / max(n - 1, 1)
-    return mean, z * math.sqrt(var / n)
 
 
 @dataclass

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
@@ -43,6 +43,9 @@ from ..conventions import conventions_for
 from ..episodes.episode import Episode
 from .algorithms import MetaAlgorithm, TaskResult, build_algorithm
 from .config import MetaTrainingConfig
+
+if TYPE_CHECKING:
+    from ..hub.cards import CardData
 
 logger = logging.getLogger(__name__)
 
@@ -283,6 +286,12 @@ class MetaTrainer:
         self.save_model(c.output_dir)
         if self.accelerator.is_main_process:  # the run's record (log history, best step), as in a checkpoint
             (Path(c.output_dir) / TRAINER_STATE).write_text(json.dumps(asdict(self.state), indent=2))
+            if hasattr(
+                self.accelerator.unwrap_model(self.model), "save_pretrained"
+            ):  # a Hub model, not a toy
+                from ..hub.cards import write_card
+
+                write_card(self.card_data(), c.output_dir)  # the project's card, not PEFT's blank one
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
         return self.state
@@ -391,6 +400,7 @@ class MetaTrainer:
             return
         folder = Path(folder)
         model = self.accelerator.unwrap_model(self.model)
+        _name_packaged_base(model)
         if hasattr(model, "save_pretrained"):
             model.save_pretrained(folder)
         else:  # a plain torch module (the sine-wave example): its weights alone, as safetensors
@@ -408,6 +418,36 @@ class MetaTrainer:
         )  # known from the model's name or config: saved so they travel with it
         if conventions.source:
             conventions.save(folder)
+
+    def card_data(self) -> CardData:
+        """The card of what this run meta-learned, from what the trainer knows: the algorithm, its settings, the
+        tasks' languages and sizes, the base model's Hub id. A recipe writes a fuller one (splits, meta-test)."""
+        from ..cli_args import arguments_as_run
+        from ..hub.cards import MetaLearnedCardData, TranslationCardData, hub_id
+
+        c, algorithm, sampler = self.config, self.algorithm, self.train_sampler
+        model = self.accelerator.unwrap_model(self.model)
+        peft_config = next(iter(getattr(model, "peft_config", {}).values()), None)
+        config = getattr(model, "config", None)
+        base = peft_config.base_model_name_or_path if peft_config else getattr(config, "_name_or_path", None)
+        common = dict(model_id=self.hub_model_id, base_model=hub_id(base), algorithm=c.algorithm,
+                      inner_steps=algorithm.inner_steps, inner_lr=algorithm.inner_lr, outer_lr=c.learning_rate,
+                      meta_batch_size=c.meta_batch_size, meta_steps=self.state.step, reproduce=arguments_as_run(c))  # fmt: skip
+        if hasattr(sampler, "k_support"):  # translation tasks (language pairs)
+            sources = sorted({source for source, _ in sampler.pairs})
+            return TranslationCardData(
+                **common, source_language=", ".join(sources),
+                train_languages=list(sampler.target_languages), q_query=sampler.q_query,
+                lora_r=getattr(peft_config, "r", None), lora_alpha=getattr(peft_config, "lora_alpha", None),
+            )  # fmt: skip
+        every_parameter = {name for name, _ in model.named_parameters()}
+        n_way, k_shot, q_query = (getattr(sampler, f"{x}_range", (0, 0))[0] for x in ("n", "k", "q"))
+        return MetaLearnedCardData(
+            **common, n_way=n_way, k_shot=k_shot, q_query=q_query, first_order=not algorithm.second_order,
+            fast_weights=algorithm.fast_weights, projection_dim=c.projection_dim,
+            fast_parameters=[] if set(algorithm.fast) == every_parameter else list(algorithm.fast),
+            mode=getattr(sampler, "mode", "classes"),
+        )  # fmt: skip
 
     @property
     def hub_model_id(self) -> str:
@@ -623,3 +663,14 @@ def _eager_attention(model: nn.Module) -> None:
         else:
             config._attn_implementation = "eager"
         logger.info("Switched %s to eager attention for second-order gradients.", type(model).__name__)
+
+
+def _name_packaged_base(model: nn.Module) -> None:
+    """An adapter over a packaged model (a rebuilt SmolLM2) names the release it stands for, not a local folder,
+    so that ``AutoPeftModel*.from_pretrained(repo)`` works for users of the pushed repo."""
+    from ..data.packaged_models import packaged_hub_id
+
+    for peft_config in getattr(model, "peft_config", {}).values():
+        base = peft_config.base_model_name_or_path
+        if base and Path(base).is_dir() and (released := packaged_hub_id(base)):
+            peft_config.base_model_name_or_path = released

@@ -3,26 +3,37 @@
 Every method runs on the same tasks: :class:`ZeroShot`, :class:`InContext` (the K support pairs in the prompt)
 and :class:`~hf_metatransfer.translation.adaptation.SupportFineTuning` (gradient steps on the support pairs: full, LoRA, or
 LoRA from a meta-learned initialisation, by the model passed). chrF and BLEU are corpus-level over each task's
-queries (sacrebleu, through the package's offline ``evaluate`` modules), then mean and 95% CI over tasks.
+queries (sacrebleu, through the package's offline ``evaluate`` modules), then mean and 95% Student-t CI over
+tasks. A method translates only when it beats the no-model baselines of :mod:`.baselines` (copying the source, a
+shuffled reference) on the same tasks: :func:`translation_verdicts`.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..episodes.translation import TranslationTask
-from ..meta.evaluation import confidence_interval
 from ..metrics import load_metric
+from ..stats import Interval, mean_interval, paired_difference
+from .baselines import BASELINES
 from .batches import TaskTexts, TranslationBatcher
 from .generation import translate
 
-__all__ = ["InContext", "TranslationResult", "ZeroShot", "corpus_scores", "evaluate_translation"]
+__all__ = [
+    "InContext",
+    "TranslationResult",
+    "TranslationVerdict",
+    "ZeroShot",
+    "corpus_scores",
+    "evaluate_translation",
+    "translation_verdicts",
+]
 
 # sacrebleu's BLEU tokenizer by target language: 13a splits on spaces, which scripts without them defeat.
 _BLEU_TOKENIZERS = {"zh": "zh", "ja": "char", "th": "char", "km": "char", "lo": "char", "my": "char"}
@@ -95,10 +106,10 @@ class TranslationResult:
 
 
 def evaluate_translation(
-    model: nn.Module,
+    model: nn.Module | None,
     method,
     tasks: Iterable[TranslationTask | TaskTexts],
-    batcher: TranslationBatcher,
+    batcher: TranslationBatcher | None,
     *,
     name: str | None = None,
     batch_size: int = 16,
@@ -106,7 +117,10 @@ def evaluate_translation(
     num_beams: int = 1,
     progress: bool = True,
 ) -> TranslationResult:
-    """Adapt ``method`` to each task, translate its queries and score them; the model ends as it started."""
+    """Adapt ``method`` to each task, translate its queries and score them; the model ends as it started.
+
+    The no-model baselines take ``model=None``, and ``batcher=None`` too when the tasks are ``TaskTexts``.
+    """
     rows = []
     tasks = list(tasks)
     generate = {
@@ -124,7 +138,64 @@ def evaluate_translation(
         scores = corpus_scores(predictions, texts.query_targets, texts.target_lang)
         rows.append({"source_lang": texts.source_lang, "target_lang": texts.target_lang, "seconds": seconds,
                      **scores, "examples": list(zip(texts.query_sources[:3], predictions[:3], texts.query_targets[:3]))})  # fmt: skip
-    chrf, chrf_ci = confidence_interval([r["chrf"] for r in rows])
-    bleu, bleu_ci = confidence_interval([r["bleu"] for r in rows])
+    chrf, chrf_ci = mean_interval([r["chrf"] for r in rows]).as_tuple()
+    bleu, bleu_ci = mean_interval([r["bleu"] for r in rows]).as_tuple()
     seconds = sum(r["seconds"] for r in rows) / max(len(rows), 1)
     return TranslationResult(label, chrf, chrf_ci, bleu, bleu_ci, seconds, len(rows), rows)
+
+
+@dataclass(frozen=True)
+class TranslationVerdict:
+    """A method's paired per-task differences to each no-model baseline, ``{baseline: {"chrf": ..., "bleu": ...}}``;
+    it translates only when, on ``metric``, the Student-t interval of every difference lies above 0."""
+
+    method: str
+    metric: str
+    differences: dict[str, dict[str, Interval]]
+
+    @property
+    def translates(self) -> bool:
+        return all(by_metric[self.metric].above_zero for by_metric in self.differences.values())
+
+    def as_dict(self, digits: int | None = 2) -> dict:
+        return {"method": self.method, "metric": self.metric, "translates": self.translates,
+                "minus": {b: {m: i.as_dict(digits) for m, i in d.items()} for b, d in self.differences.items()}}  # fmt: skip
+
+
+def _task_keys(result: TranslationResult) -> list[tuple]:
+    """What identifies each task of a result: language pair and first query sources (paired scores need the same)."""
+    return [(t["source_lang"], t["target_lang"], [str(e[0]) for e in t["examples"]]) for t in result.per_task]
+
+
+def translation_verdicts(
+    results: Mapping[str, TranslationResult],
+    baselines: Sequence[str] = BASELINES,
+    *,
+    metric: str = "chrf",
+    confidence: float = 0.95,
+) -> dict[str, TranslationVerdict]:
+    """For every method of ``results`` that is not one of the ``baselines`` (keys of ``results``), its paired
+    differences to each baseline over the same tasks, and whether it beats them all on ``metric``.
+
+    Two overlapping intervals say little with 4 tasks; the interval of the per-task differences is the test.
+    """
+    if metric not in ("chrf", "bleu"):
+        raise ValueError(f"metric={metric!r}: the verdict is on 'chrf' or 'bleu'.")
+    missing = [b for b in baselines if b not in results]
+    if missing or not baselines:
+        raise ValueError(f"translation_verdicts needs the baselines {list(baselines)} among the results; "
+                         f"missing: {missing}.")  # fmt: skip
+    verdicts = {}
+    for name, result in results.items():
+        if name in baselines:
+            continue
+        differences = {}
+        for b in baselines:
+            base = results[b]
+            if _task_keys(result) != _task_keys(base):
+                raise ValueError(f"{name!r} and {b!r} were scored on different tasks: paired differences need the "
+                                 "same tasks in the same order.")  # fmt: skip
+            differences[b] = {m: paired_difference([t[m] for t in result.per_task], [t[m] for t in base.per_task],
+                                                   confidence) for m in ("chrf", "bleu")}  # fmt: skip
+        verdicts[name] = TranslationVerdict(result.method, metric, differences)
+    return verdicts

@@ -3,6 +3,8 @@
 Decoder-only LMs see ``instruction``, then one line pair per in-context example, then the query's source line and
 the target-language cue; the translation follows the cue and ends at the end of the line (and EOS when trained).
 Encoder-decoder models see the source sentence, with an optional prefix (T5's ``"translate English to German: "``).
+Instruct models (a tokenizer with a chat template) see the same lines as chat turns (:meth:`TranslationPrompt.messages`),
+the format they were trained on, unless ``use_chat_template=False``.
 """
 
 from __future__ import annotations
@@ -30,12 +32,17 @@ def language_name(code: str, names: Mapping[str, str] | None = None) -> str:
 
 @dataclass(frozen=True)
 class TranslationPrompt:
-    """The text format of translation examples (one object for both model families)."""
+    """The text format of translation examples (one object for both model families).
+
+    ``use_chat_template``: render decoder-only prompts with the tokenizer's chat template when it has one (instruct
+    models); False keeps the raw lines, as for base models. Training and generation batches follow the same setting.
+    """
 
     instruction: str = "Translate from {source_name} to {target_name}."
     line: str = "{source_name}: {source}\n{target_name}:"
     source_prefix: str = ""
     language_names: Mapping[str, str] = field(default_factory=dict)
+    use_chat_template: bool = True
 
     @classmethod
     def for_model_type(cls, model_type: str, **overrides) -> TranslationPrompt:
@@ -63,6 +70,20 @@ class TranslationPrompt:
     ) -> str:
         """Everything a decoder-only LM reads before it writes the translation of ``source``."""
         return self.context(source_lang, target_lang, examples) + self.cue(source, source_lang, target_lang)
+
+    def messages(
+        self, source: str, source_lang: str, target_lang: str, examples: Sequence[tuple[str, str]] = ()
+    ) -> list[dict[str, str]]:
+        """The prompt as chat turns: each example a user turn (its source line and cue) answered by an assistant
+        turn (its target), then the query's user turn; the instruction opens the first user turn."""
+        turns: list[dict[str, str]] = []
+        for s, t in examples:
+            turns += [{"role": "user", "content": self.cue(s, source_lang, target_lang)},
+                      {"role": "assistant", "content": t.strip()}]  # fmt: skip
+        turns.append({"role": "user", "content": self.cue(source, source_lang, target_lang)})
+        instruction = self.instruction.format(**self._names(source_lang, target_lang))
+        turns[0] = {"role": "user", "content": f"{instruction}\n{turns[0]['content']}"}
+        return turns
 
     def seq2seq_source(self, source: str, source_lang: str, target_lang: str) -> str:
         """The encoder input of an encoder-decoder model."""
