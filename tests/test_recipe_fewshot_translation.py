@@ -56,7 +56,9 @@ def test_recipe_scores_every_method_on_the_same_held_out_tasks_and_pushes(
     # the no-model baselines sit beside the results, never in the model-index; the verdict follows the recorded one
     assert "| copy the source (no model) |" in card.text and "| shuffled reference (no model) |" in card.text
     assert not any("no model" in r.metric_name for r in card.data.eval_results)
-    translates = any(v["translates"] for by_method in summary["verdicts"].values() for v in by_method.values())
+    translates = any(
+        v["translates"] for by_method in summary["verdicts"].values() for v in by_method.values()
+    )
     assert ("**no setting above does**" in card.text) is not translates
     files = set(HfApi(endpoint=hub.url, token=TOKEN).list_repo_files("tester/translate-tiny"))
     assert {"README.md", "adapter_model.safetensors", "adapter_config.json", "results.json"} <= files
