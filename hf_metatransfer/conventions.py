@@ -8,7 +8,8 @@ fine-tuned or meta-learned model carries its base's conventions), then a registr
 :func:`tokenize_dataset <hf_metatransfer.episodes.tokenize_dataset>` and the recipes apply them, the recipes save
 them beside the model (``input_conventions.json``) and the cards show them.
 
-It is also the one resolver of the packaged offline checkpoints (``"embedded"``, ``"embedded-multilingual"``):
+It is also the one resolver of the packaged offline checkpoints (``"embedded"``, ``"embedded-multilingual"``,
+``"embedded-translator"``):
 their folder, the Hub id they stand for and the class the recipes load them with (:func:`resolve_model`).
 """
 
@@ -22,7 +23,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from .data.packaged_models import MINILM, MULTILINGUAL_E5_SMALL, minilm_path, multilingual_e5_small_path
+from .data.packaged_models import (
+    GEMMA3_270M,
+    MINILM,
+    MULTILINGUAL_E5_SMALL,
+    gemma3_270m_path,
+    minilm_path,
+    multilingual_e5_small_path,
+)
 
 #: The file beside a saved model's weights that records its conventions.
 CONVENTIONS_FILE = "input_conventions.json"
@@ -137,11 +145,13 @@ def _mean_pool_classifier() -> type:
 
 EMBEDDED = "embedded"
 EMBEDDED_MULTILINGUAL = "embedded-multilingual"
+EMBEDDED_TRANSLATOR = "embedded-translator"  # a causal LM: the translation recipe's default, not a classifier
 PACKAGED_MODELS: dict[str, PackagedModel] = {
     EMBEDDED: PackagedModel(MINILM, minilm_path),
     EMBEDDED_MULTILINGUAL: PackagedModel(
         MULTILINGUAL_E5_SMALL, multilingual_e5_small_path, _mean_pool_classifier
     ),
+    EMBEDDED_TRANSLATOR: PackagedModel(GEMMA3_270M, gemma3_270m_path),
 }
 
 

