@@ -104,6 +104,13 @@ class EpisodeArguments:
             "the meta-learned model is scored on the same subset too."
         },
     )
+    slow_baseline_seconds: float | None = field(
+        default=None,
+        metadata={"help": "Time budget of the first slow baseline (fine-tuning): it adapts to episodes until this "
+                          "many seconds have passed, and the other slow baselines and the meta-learned row for "
+                          "them use the same episodes. Keeps the comparison when the machine is shared; None: "
+                          "all slow_baseline_episodes."},
+    )  # fmt: skip
     baselines: list[str] = field(
         default_factory=lambda: list(BASELINES),
         metadata={"help": f"Non-meta baselines, of {list(BASELINES)}."},
@@ -242,8 +249,14 @@ def score_against_baselines(model, algorithm, meta_name: str, pretrained, test_e
     subset = test_episodes[: ep.slow_baseline_episodes]
     slow = [b for b in ep.baselines if b in SLOW_BASELINES]
     for baseline in ep.baselines:
+        budget = ep.slow_baseline_seconds if baseline == next(iter(slow), None) else None
         episodes = subset if baseline in SLOW_BASELINES else test_episodes
-        rows.append(meta_test(pretrained, BASELINES[baseline](), episodes, collate, name=baseline))
+        rows.append(meta_test(pretrained, BASELINES[baseline](), episodes, collate, name=baseline,
+                              max_seconds=budget))  # fmt: skip
+        if budget and rows[-1].episodes < len(subset):  # the budget ran out: the rest use the same episodes
+            print(f"{baseline} adapted to {rows[-1].episodes} of {len(subset)} episodes in its "
+                  f"slow_baseline_seconds={budget:g}; the other slow baselines use the same {rows[-1].episodes}.")  # fmt: skip
+            subset = subset[: rows[-1].episodes]
     if slow and len(subset) < len(test_episodes):
         rows.append(
             meta_test(model, algorithm, subset, collate, name=f"{meta_name}, first {len(subset)} episodes")

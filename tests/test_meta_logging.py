@@ -24,6 +24,7 @@ from hf_metatransfer.meta import (
     MetaTrainingConfig,
     NearestCentroid,
     build_algorithm,
+    meta_test,
 )
 from hf_metatransfer.recipes.finetune import ModelArguments
 from hf_metatransfer.recipes.meta_train import EpisodeArguments, score_against_baselines, write_card
@@ -248,3 +249,31 @@ def test_save_total_limit_defaults_to_two_in_both_trainers(tmp_path):
     assert args.save_total_limit == 2
     FineTuningTrainer(model=tiny_model("bert"), args=args, train_dataset=toy_dataset(16)).train()
     assert sorted(p.name for p in (tmp_path / "ft").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
+
+
+def test_a_time_budget_scores_the_slow_baselines_on_the_same_fewer_episodes(tmp_path, capsys):
+    """slow_baseline_seconds: fine-tuning stops once its budget is spent; LP-FT and the meta-learned row for them
+    use exactly the episodes it reached (a shared machine gets a smaller comparison, not a stalled one)."""
+    _, test, collate = token_episodes()
+    ep = EpisodeArguments(n_way=3, k_shot=2, q_query=3, baselines=["nearest-centroid", "fine-tuning", "lp-ft"],
+                          slow_baseline_episodes=6, slow_baseline_seconds=1e-9)  # fmt: skip
+    algorithm = build_algorithm("fomaml", inner_steps=1, inner_lr=0.3)
+    model = tiny_bert()
+    algorithm.setup(model)
+    rows = score_against_baselines(model, algorithm, "fomaml (meta-learned)", tiny_bert(), test.batch(range(8)),
+                                   collate, ep, tmp_path)  # fmt: skip
+    assert [r.episodes for r in rows] == [
+        8,
+        8,
+        1,
+        1,
+        1,
+    ]  # meta, nearest centroid, FT (budget), LP-FT, meta on 1
+    assert "fine-tuning adapted to 1 of 6 episodes" in capsys.readouterr().out
+    assert rows[-1].per_episode == rows[0].per_episode[:1]
+
+
+def test_meta_test_refuses_a_non_positive_time_budget():
+    _, test, collate = token_episodes()
+    with pytest.raises(ValueError, match="max_seconds=0"):
+        meta_test(tiny_bert(), NearestCentroid(), test.batch(range(2)), collate, max_seconds=0)

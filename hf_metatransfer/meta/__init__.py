@@ -14,7 +14,18 @@ from .algorithms import (
     build_algorithm,
 )
 from .config import MetaTrainingConfig
-from .evaluation import FineTune, LinearProbe, MetaTestResult, NearestCentroid, confidence_interval, meta_test
+from .evaluation import (
+    CV_LRS,
+    FineTune,
+    LinearProbe,
+    MetaTestResult,
+    NearestCentroid,
+    ProtoHeadFineTune,
+    SupportTuned,
+    confidence_interval,
+    meta_test,
+    stratified_folds,
+)
 from .fast_weights import FAST_WEIGHTS, fast_weight_names
 from .prototypes import add_class, remove_class
 from .trainer import MetaTrainer, MetaTrainerState, load_algorithm_state
@@ -22,6 +33,7 @@ from .trainer import MetaTrainer, MetaTrainerState, load_algorithm_state
 __all__ = [
     "ALGORITHMS",
     "ANIL",
+    "CV_LRS",
     "FAST_WEIGHTS",
     "FOMAML",
     "MAML",
@@ -33,9 +45,11 @@ __all__ = [
     "MetaTrainerState",
     "MetaTrainingConfig",
     "NearestCentroid",
+    "ProtoHeadFineTune",
     "MetaSGD",
     "ProtoNets",
     "Reptile",
+    "SupportTuned",
     "TaskResult",
     "adapted_model",
     "add_class",
@@ -45,4 +59,5 @@ __all__ = [
     "load_algorithm_state",
     "meta_test",
     "remove_class",
+    "stratified_folds",
 ]

@@ -2,15 +2,17 @@
 time.
 
 The non-meta baselines run through the same harness on the same episodes: nearest class centroid on frozen
-features, a linear probe on frozen features, fine-tuning, and LP-FT. Each is an object with
-``predict(model, support, query) -> query logits`` like the meta-learning algorithms.
+features, a linear probe on frozen features, fine-tuning, LP-FT, and fine-tuning from a prototype-initialised head
+(Proto-MAML style); the fine-tuning methods can choose their LR per episode by cross-validation on the support set.
+Each is an object with ``predict(model, support, query) -> query logits`` like the meta-learning algorithms.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -81,26 +83,142 @@ class LinearProbe(NearestCentroid):
         return q @ weight.T + bias
 
 
-class FineTune:
-    """Fine-tune a copy of the model on the support set (AdamW, ``steps`` full-batch steps), then predict.
+#: the body LRs ``lr="cv"`` chooses from: 4x apart, around FineTune's fixed default of 5e-5
+CV_LRS = (1e-5, 5e-5, 2e-4)
 
-    With ``lp_ft`` the head is first fitted by a linear probe on frozen features (LP-FT).
+
+def stratified_folds(labels: torch.Tensor, folds: int) -> list[torch.Tensor]:
+    """Held-out indices of ``min(folds, smallest class)`` folds: every example held out once, and every fold leaves
+    at least one example of each class in training (so the fold's classifier still has every class).
+
+    The i-th example of class c goes to fold ``(i + c) % folds``: deterministic, and the fold sizes stay even.
+    """
+    labels = labels.cpu()
+    counts = torch.bincount(labels)
+    folds = min(folds, int(counts[counts > 0].min()))
+    if folds < 2:
+        raise ValueError("Cross-validation needs at least 2 support examples of every class.")
+    fold_of = torch.empty_like(labels)
+    for c in labels.unique().tolist():
+        where = (labels == c).nonzero().squeeze(1)
+        fold_of[where] = (torch.arange(len(where)) + c) % folds
+    return [(fold_of == f).nonzero().squeeze(1) for f in range(folds)]
+
+
+def _rows(batch: Batch, index: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {k: v[index.to(v.device)] for k, v in batch.items()}
+
+
+class SupportTuned:
+    """A method that trains a copy of the model on the support set, with a body LR that is fixed or chosen per
+    episode by cross-validation over the support set: a LR tuned on test episodes would flatter the method, and
+    one LR for every episode fits few of them.
+
+    ``lr``: a number, ``"cv"`` (choose from ``CV_LRS``) or a list of candidate LRs. The choice maximises the
+    held-out accuracy over ``cv_folds`` stratified folds (``stratified_folds``: each support example held out once),
+    ties broken by lower held-out cross-entropy, then by the order of the grid; the method then trains on the whole
+    support with it. An episode with a class of a single support example has nothing to hold out: it falls back to
+    ``fallback_lr``, and ``settings`` says how often. ``chosen_lrs`` and ``cv_scores`` (``{lr: (accuracy, loss)}``)
+    keep each cross-validated episode's choice and its evidence.
     """
 
-    def __init__(self, steps: int = 20, lr: float = 5e-5, head_lr: float = 1e-2, lp_ft: bool = False,
-                 probe_C: float = 1.0) -> None:  # fmt: skip
-        self.steps, self.lr, self.head_lr, self.lp_ft, self.probe_C = steps, lr, head_lr, lp_ft, probe_C
-        self.name = "lp-ft" if lp_ft else "fine-tuning"
+    def __init__(self, lr: float | str | Sequence[float], head_lr: float, steps: int, cv_folds: int,
+                 fallback_lr: float) -> None:  # fmt: skip
+        if isinstance(lr, str):
+            if lr != "cv":
+                raise ValueError(f'lr={lr!r}: give a number, "cv" (choose from {CV_LRS}) or a list of LRs.')
+            lr = CV_LRS
+        self.grid: tuple[float, ...] | None = None if isinstance(lr, int | float) else tuple(lr)
+        if self.grid is not None and not self.grid:
+            raise ValueError('lr=[]: an empty grid has no LR to choose; give candidate LRs or lr="cv".')
+        for what, value in [("lr", v) for v in self.grid or (lr,)] + [("head_lr", head_lr),
+                                                                      ("fallback_lr", fallback_lr)]:  # fmt: skip
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{what}={value!r}: a learning rate is a finite number >= 0.")
+        if steps < 0:
+            raise ValueError(f"steps={steps}: the number of AdamW steps is >= 0.")
+        if cv_folds < 2:
+            raise ValueError(f"cv_folds={cv_folds}: cross-validation needs at least 2 folds.")
+        self.lr = fallback_lr if self.grid is not None else float(lr)
+        self.head_lr, self.steps, self.cv_folds, self.fallback_lr = head_lr, steps, cv_folds, fallback_lr
+        self.chosen_lrs: list[float] = []
+        self.cv_scores: list[dict[float, tuple[float, float]]] = []
+        self.fallbacks = 0
+
+    def fit_predict(self, model: nn.Module, support: Batch, query: Batch, lr: float) -> torch.Tensor:
+        """Train a copy of ``model`` on ``support`` with body LR ``lr``; the query logits."""
+        raise NotImplementedError
+
+    def predict(self, model: nn.Module, support: Batch, query: Batch) -> torch.Tensor:
+        return self.fit_predict(model, support, query, self.choose_lr(model, support))
+
+    def choose_lr(self, model: nn.Module, support: Batch) -> float:
+        """The fixed LR, or the grid's best by cross-validation on ``support`` (recorded in ``chosen_lrs``)."""
+        if self.grid is None:
+            return self.lr
+        labels = support["labels"]
+        if int(torch.bincount(labels.cpu()).min()) < 2:
+            self.fallbacks += 1
+            return self.fallback_lr
+        folds = stratified_folds(labels, self.cv_folds)
+        scores = {}
+        for lr in self.grid:
+            correct, loss = 0.0, 0.0
+            for held_out in folds:
+                train = torch.ones(len(labels), dtype=torch.bool)
+                train[held_out] = False
+                val = _rows(support, held_out)
+                logits = self.fit_predict(model, _rows(support, train.nonzero().squeeze(1)), val, lr)
+                correct += (logits.argmax(-1) == val["labels"]).sum().item()
+                loss += F.cross_entropy(logits.float(), val["labels"], reduction="sum").item()
+            scores[lr] = (correct / len(labels), loss / len(labels))
+        best = max(self.grid, key=lambda lr: (scores[lr][0], -scores[lr][1]))  # max() keeps the first of ties
+        self.chosen_lrs.append(best)
+        self.cv_scores.append(scores)
+        return best
+
+    def _lr_settings(self) -> str:
+        """The LR part of ``settings``: the fixed LRs, or the grid, how it is chosen and what was chosen so far."""
+        if self.grid is None:
+            return f"LR {self.lr:g} body / {self.head_lr:g} head"
+        folds = f"{self.cv_folds}-fold" + ("" if self.cv_folds == 2 else " (at most K-fold)")
+        text = (f"body LR chosen per episode from {{{', '.join(f'{lr:g}' for lr in self.grid)}}} by {folds} "
+                "stratified cross-validation on the support set (held-out accuracy, ties by loss), then trained on "
+                f"the whole support; head LR {self.head_lr:g}")  # fmt: skip
+        if self.chosen_lrs:
+            tally = ", ".join(
+                f"{lr:g} x{self.chosen_lrs.count(lr)}" for lr in self.grid if lr in self.chosen_lrs
+            )
+            text += f"; chosen: {tally}"
+        if self.fallbacks:
+            text += (f"; {self.fallbacks} episode(s) fell back to LR {self.fallback_lr:g}: a class had 1 support "
+                     "example, none to hold out (K = 1)")  # fmt: skip
+        return text
+
+
+class FineTune(SupportTuned):
+    """Fine-tune a copy of the model on the support set (AdamW, ``steps`` full-batch steps), then predict.
+
+    With ``lp_ft`` the head is first fitted by a linear probe on frozen features (LP-FT). ``lr="cv"`` or a list
+    chooses the body LR per episode (see ``SupportTuned``).
+    """
+
+    def __init__(self, steps: int = 20, lr: float | str | Sequence[float] = 5e-5, head_lr: float = 1e-2,
+                 lp_ft: bool = False, probe_C: float = 1.0, cv_folds: int = 2,
+                 fallback_lr: float = 5e-5) -> None:  # fmt: skip
+        super().__init__(lr, head_lr, steps, cv_folds, fallback_lr)
+        self.lp_ft, self.probe_C = lp_ft, probe_C
+        self.name = ("lp-ft" if lp_ft else "fine-tuning") + (", cv lr" if self.grid is not None else "")
 
     @property
     def settings(self) -> str:
         """Stated in results, so the figures compare with another paper's fine-tuning."""
         probe = (f"head first fitted by logistic regression, C={self.probe_C:g} on its standardised inputs; "
                  if self.lp_ft else "")  # fmt: skip
-        return (f"{probe}{self.steps} full-batch AdamW steps (weight decay 0.01) on the support set, LR "
-                f"{self.lr:g} body / {self.head_lr:g} head, dropout off")  # fmt: skip
+        return (f"{probe}{self.steps} full-batch AdamW steps (weight decay 0.01) on the support set, "
+                f"{self._lr_settings()}, dropout off")  # fmt: skip
 
-    def predict(self, model: nn.Module, support: Batch, query: Batch) -> torch.Tensor:
+    def fit_predict(self, model: nn.Module, support: Batch, query: Batch, lr: float) -> torch.Tensor:
         from ..finetune.linear_probe import find_probe_layer, fit_probe
         from ..layers import build_layer_map
 
@@ -121,7 +239,7 @@ class FineTune:
                     layer.bias.copy_(bias.to(layer.bias))
         groups = [
             {"params": [p for n, p in tuned.named_parameters() if n in head], "lr": self.head_lr},
-            {"params": [p for n, p in tuned.named_parameters() if n not in head], "lr": self.lr},
+            {"params": [p for n, p in tuned.named_parameters() if n not in head], "lr": lr},
         ]
         optimizer = torch.optim.AdamW(groups)
         for _ in range(self.steps):
@@ -130,6 +248,79 @@ class FineTune:
             optimizer.step()
         with torch.no_grad():
             return tuned(**model_inputs(query)).logits
+
+
+class ProtoHeadFineTune(SupportTuned):
+    """Proto-MAML-style fine-tuning (Triantafillou et al. 2020): a linear head on the mean-pooled embeddings,
+    initialised from the support prototypes so that before any step its logits are the prototype classifier's, then
+    trained with the body on the support set (``steps`` full-batch AdamW steps, dropout off); predicts the queries.
+
+    The head starts where nearest-centroid already is, instead of at random (fine-tuning) or at a probe fitted on
+    frozen features (LP-FT), so the first steps refine a good classifier. For squared Euclidean distance,
+    ``-||q - c||^2 = 2 c.q - ||c||^2 - ||q||^2``: ``W_c = 2 c_c``, ``b_c = -||c_c||^2`` gives those logits up to
+    ``||q||^2``, a constant per query. ``normalize`` (default) L2-normalises the embeddings as ``NearestCentroid``
+    does, the geometry sentence encoders are trained for (then ``||q||^2 = 1`` and the logits are nearest-centroid's
+    plus 1); ``normalize=False`` matches ``ProtoNets``' raw embeddings, for an encoder meta-trained by it. The head
+    is built here, so any model ``NearestCentroid`` takes works (its own classification head, if any, is unused).
+    ``body_blocks``: train only the top that many transformer blocks (``None``: the whole body). ``head_lr`` is 10x
+    below ``FineTune``'s: the head starts at a good classifier, and on unit-norm embeddings its weights are ~0.1, so
+    AdamW steps of 1e-2 would leave the prototypes within a few steps.
+    """
+
+    def __init__(self, steps: int = 20, lr: float | str | Sequence[float] = 5e-5, head_lr: float = 1e-3,
+                 normalize: bool = True, body_blocks: int | None = None, cv_folds: int = 2,
+                 fallback_lr: float = 5e-5) -> None:  # fmt: skip
+        super().__init__(lr, head_lr, steps, cv_folds, fallback_lr)
+        if body_blocks is not None and body_blocks < 1:
+            raise ValueError(
+                f"body_blocks={body_blocks}: the number of top blocks to train, >= 1 (None: all)."
+            )
+        self.normalize, self.body_blocks = normalize, body_blocks
+        self.name = "proto-head-ft" + (", cv lr" if self.grid is not None else "")
+
+    @property
+    def settings(self) -> str:
+        space = "L2-normalised" if self.normalize else "raw (unnormalised)"
+        body = "the whole body" if self.body_blocks is None else f"the top {self.body_blocks} block(s)"
+        return (f"linear head on {space} mean-pooled embeddings initialised from the support prototypes "
+                f"(W = 2c, b = -||c||^2: the nearest-prototype logits), then {self.steps} full-batch AdamW steps "
+                f"(weight decay 0.01) of head and {body} on the support set, {self._lr_settings()}, "
+                "dropout off")  # fmt: skip
+
+    def _embed(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        pooled = ProtoNets.pooled(model, ProtoNets.weights(model), batch)
+        return F.normalize(pooled, dim=-1) if self.normalize else pooled
+
+    def fit_predict(self, model: nn.Module, support: Batch, query: Batch, lr: float) -> torch.Tensor:
+        from .fast_weights import fast_weight_names
+
+        tuned = copy.deepcopy(model).train(False)
+        labels = support["labels"]
+        if self.body_blocks is None:
+            body = {n for n, p in tuned.named_parameters() if p.requires_grad}
+        else:  # the top blocks; the model's own head (part of "top_k") is not the head trained here
+            from ..layers import build_layer_map
+
+            layer_map = build_layer_map(tuned)
+            body = set(fast_weight_names(tuned, "top_k", top_k=self.body_blocks, layer_map=layer_map))
+            body -= set(layer_map.head.param_names)
+        for n, p in tuned.named_parameters():
+            p.requires_grad_(n in body)
+        with torch.no_grad():
+            s = self._embed(tuned, support)
+            centroids = torch.stack([s[labels == c].mean(0) for c in range(int(labels.max()) + 1)])
+        weight = nn.Parameter(2 * centroids)
+        bias = nn.Parameter(-centroids.pow(2).sum(-1))
+        optimizer = torch.optim.AdamW([
+            {"params": [weight, bias], "lr": self.head_lr},
+            {"params": [p for n, p in tuned.named_parameters() if n in body], "lr": lr},
+        ])  # fmt: skip
+        for _ in range(self.steps):
+            optimizer.zero_grad()
+            F.cross_entropy(self._embed(tuned, support) @ weight.T + bias, labels).backward()
+            optimizer.step()
+        with torch.no_grad():
+            return self._embed(tuned, query) @ weight.T + bias
 
 
 def meta_test(
@@ -141,11 +332,19 @@ def meta_test(
     name: str | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    max_seconds: float | None = None,
 ) -> MetaTestResult:
     """Adapt ``method`` to every episode and score its queries: mean accuracy, 95% CI, seconds an episode.
 
     Episodes hold row numbers, so ``collate`` must read the data they index; ``user_episodes(...)`` carry theirs.
+    With ``max_seconds`` it stops after the episode that reaches that much wall time (at least one episode is
+    scored): a slow method on a shared machine gives a figure on fewer episodes instead of holding everything up;
+    ``result.episodes`` says how many.
     """
+    if max_seconds is not None and max_seconds <= 0:
+        raise ValueError(
+            f"max_seconds={max_seconds}: give a positive time budget in seconds, or None for no limit."
+        )
     if isinstance(episodes, UserEpisodes):
         if collate is not None and collate is not episodes.collate:
             raise ValueError("These user episodes index their own tokenised texts and carry the collator that "
@@ -156,9 +355,11 @@ def meta_test(
                          "EpisodeCollator over the tokenised data they index, or build the episodes with "
                          "hf_metatransfer.episodes.user_episodes(...), which carry their own.")  # fmt: skip
     model.eval()
-    accuracies, seconds = [], 0.0
+    accuracies, seconds, began = [], 0.0, time.perf_counter()
     episodes = list(episodes)
     for episode in tqdm(episodes, desc=f"Meta-testing {name or method.name}", disable=not progress):
+        if accuracies and max_seconds is not None and time.perf_counter() - began >= max_seconds:
+            break
         batch = collate(episode)
         support = {k: v.to(device) for k, v in batch["support"].items()}
         query = {k: v.to(device) for k, v in batch["query"].items()}
@@ -168,6 +369,6 @@ def meta_test(
         accuracies.append((logits.argmax(-1).cpu() == query["labels"].cpu()).float().mean().item())
     mean, half = confidence_interval(accuracies)
     return MetaTestResult(
-        name or method.name, mean, half, seconds / max(len(episodes), 1), len(episodes), accuracies,
+        name or method.name, mean, half, seconds / max(len(accuracies), 1), len(accuracies), accuracies,
         settings=getattr(method, "settings", ""),
     )  # fmt: skip
