@@ -108,10 +108,10 @@ def test_episodes_come_from_the_buffer_seeded_in_every_mode(data, stream):
 def test_warns_for_classes_whose_buffer_is_smaller_than_k_plus_q():
     data = synthetic(rows=600, rare_rows=3)
     stream = StreamingEpisodes(data.to_iterable_dataset(), capacity=20, seed=0).fill()
-    with pytest.warns(
-        UserWarning, match=r"fewer than K \+ Q = 10 rows: rare: 3 buffered of 3 streamed"
-    ) as caught:
+    with pytest.warns(UserWarning, match=r"1 class whose buffer holds fewer than K \+ Q = 10 rows") as caught:
         sampler = stream.sampler(4, 5, 5)
+    assert stream.small_classes == {"rare": 3} and len(str(caught[0].message).splitlines()) == 1
+    assert caught[0].filename == __file__  # the warning points at the line that asked for episodes
     assert not any("Classes with fewer than K" in str(w.message) for w in caught)  # one warning, not two
     assert all(8 not in e.classes for e in sampler.batch(range(30)))
     with pytest.warns(UserWarning, match=r"capacity 20 < K \+ Q: raise capacity"):

@@ -148,9 +148,10 @@ def test_pivot_over_languages_makes_every_ordered_pair(ds):
 def test_small_pairs_are_skipped_with_a_warning_or_refused():
     data = parallel(n=20, targets=["de", "fr"], missing={"fr": set(range(16))})
     with pytest.warns(
-        UserWarning, match=r"fewer than K \+ Q = 5 sentence pairs: en->fr: 4; they are skipped"
-    ):
+        UserWarning, match=r"1 of 2 language pairs have fewer than K \+ Q = 5 sentence pairs"
+    ) as caught:
         s = sampler(data)
+    assert s.small_pairs == {"en->fr": 4} and caught[0].filename == __file__
     assert s.pairs == [("en", "de")]
     assert {t.pair for t in s.batch(range(20))} == {("en", "de")}
     with pytest.raises(ValueError, match=r"en->fr: 4\. Lower k_support or q_query"):

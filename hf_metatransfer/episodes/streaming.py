@@ -27,6 +27,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import itertools
+import logging
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -37,9 +38,12 @@ import numpy as np
 from .builder import EpisodeBuilder
 from .episode import Episode
 from .random import _mix
+from .report import caller_stacklevel
 from .sampler import EpisodeSampler, IntOrRange
 
 _STREAM_INDEX = "stream_index"
+
+logger = logging.getLogger(__name__)
 
 
 def _class_hash(key: Any) -> int:
@@ -291,13 +295,17 @@ class StreamingEpisodes:
             entry[1] += seen
         small = {(f"{lang}:" if lang is not None else "") + builder.label_names[label]: (held, seen)
                  for (lang, label), (held, seen) in sizes.items() if held < need}  # fmt: skip
+        #: the classes left out of the last sampler (buffered rows), in full; its warning only counts them
+        self.small_classes = {name: held for name, (held, _) in sorted(small.items())}
         if small:
             listing = ", ".join(f"{name}: {held} buffered of {seen} streamed"
                                 for name, (held, seen) in sorted(small.items()))  # fmt: skip
             hint = (f" (capacity {self.capacity} < K + Q: raise capacity)" if self.capacity < need
                     else "" if self.exhausted else " (the stream is not read to its end: fill() more)")  # fmt: skip
-            warnings.warn(f"Classes whose buffer holds fewer than K + Q = {need} rows{hint}: {listing}; they are "
-                          "left out of episodes that need that many.", stacklevel=2)  # fmt: skip
+            logger.info("Classes whose buffer holds fewer than K + Q = %d rows%s: %s", need, hint, listing)
+            warnings.warn(f"{len(small)} class{'es' * (len(small) > 1)} whose buffer holds fewer than K + Q = {need} "
+                          f"rows{hint} are left out of episodes that need that many; stream.small_classes lists "
+                          f"them (logged by {logger.name} at INFO).", stacklevel=caller_stacklevel())  # fmt: skip
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Classes with fewer than K")
             return builder.sampler(n_way, k_shot, q_query, seed=seed, mode=mode, classes=classes, **kwargs)

@@ -17,6 +17,7 @@ vectorised batches; ``sampler.batch(ids)`` is the interface ``EpisodeDataset`` s
 from __future__ import annotations
 
 import difflib
+import logging
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -30,9 +31,12 @@ import pyarrow.compute as pc
 from .builder import read_column
 from .index import GroupIndex
 from .random import episode_keys, uniform, without_replacement
+from .report import caller_stacklevel
 from .splits import Splits, split_values
 
 __all__ = ["TranslationTask", "TranslationTaskSampler", "from_flores_style", "split_target_languages"]
+
+logger = logging.getLogger(__name__)
 
 _PAIR, _ROWS = range(2)  # streams of draws
 Pair = tuple[str, str]
@@ -347,7 +351,11 @@ class TranslationTaskSampler:
                 if len(small) == len(pools):
                     message = f"No language pair has K + Q = {need} sentence pairs ({listing})"
                 raise ValueError(message + ". Lower k_support or q_query, or add data.")
-            warnings.warn(message + "; they are skipped.", stacklevel=3)
+            logger.info("%s; they are skipped.", message)
+            warnings.warn(f"{len(small)} of {len(pools)} language pairs have fewer than K + Q = {need} sentence pairs "
+                          f"and are skipped; sampler.small_pairs lists them (logged by {logger.name} at INFO).",
+                          stacklevel=caller_stacklevel())  # fmt: skip
+        self.small_pairs = {_name(p): n for p, n in small.items()}
         return {pair: pool for pair, pool in pools.items() if pair not in small}
 
     def _weights(self, language_weights: dict | None, requested: list[Pair]) -> np.ndarray:
