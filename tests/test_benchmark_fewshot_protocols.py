@@ -1,0 +1,121 @@
+"""The fewshot_protocols benchmark's pieces on a tiny model and token data: every method scored on a prefix of the
+same all-way episodes, paired differences over the episodes both methods saw, and the best method as documented."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+
+from hf_metatransfer.episodes import EpisodeCollator, TokenStore
+from hf_metatransfer.episodes.protocols import all_way_episodes
+from hf_metatransfer.meta import FineTune, MetaTestResult, ProtoNets, confidence_interval
+from hf_metatransfer.stats import paired_difference
+from tests.meta_fixtures import token_classes
+from tests.test_meta_adapted import tiny_mean_pool
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))  # the script imports its sibling benchmarks, as when run from there
+spec = importlib.util.spec_from_file_location("fewshot_protocols", BENCHMARKS / "fewshot_protocols.py")
+fewshot_protocols = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(fewshot_protocols)
+
+HEADLINES = ("allway5_mono_best_minus_linear_probe", "allway5_mono_best_minus_setfit_default",
+             "allway5_cross_best_minus_nearest_centroid", "out_of_domain_best_minus_frozen",
+             "setfit_over_best_seconds")  # fmt: skip
+
+
+class CountingSetFit:
+    """Stands in for SetFit: predicts the support's first label, and records the episodes it was given."""
+
+    settings = "fake"
+
+    def __init__(self) -> None:
+        self.seen: list[list[str]] = []
+
+    def adapt_and_predict(self, support, labels, query):
+        self.seen.append(support)
+        return [labels[0]] * len(query)
+
+
+def tiny_setting(draws=3):
+    """All-way 4-way episodes in two languages of token data with texts (languages hold different classes)."""
+    data = token_classes(n_classes=5, per_class=12)
+    lang = ["a" if i % 2 == 0 else "b" for i in range(len(data))]
+    data = data.add_column("lang", lang).add_column("text", [f"row {i}" for i in range(len(data))])
+    data = data.filter(lambda row: not (row["lang"] == "b" and row["label"] == 4))  # b: one class fewer
+    episodes = all_way_episodes(data, k_shot=2, q_query=3, draws=draws, lang_column="lang")
+    return episodes, EpisodeCollator(TokenStore(data, pad_token_id=0))
+
+
+def test_every_method_runs_on_a_prefix_of_the_same_interleaved_episodes():
+    episodes, collate = tiny_setting()
+    order = fewshot_protocols.interleaved(episodes, 3)
+    assert [(e.support_lang, e.episode_id % 3) for e in order[:2]] == [("a", 0), ("b", 0)]
+    assert {len(e.classes) for e in order} == {4, 5}  # the per-way heads are needed
+    setfit = CountingSetFit()
+    model = tiny_mean_pool(n_way=3)
+    results = fewshot_protocols.run_setting(
+        order, collate, fewshot_protocols.episode_texts(episodes.dataset, "text"), model,
+        {"protonets (meta-learned)": (model, ProtoNets())}, {"fine-tuning": FineTune(steps=1)},
+        {"setfit-default": setfit}, slow_episodes=3, slow_seconds=None,
+    )  # fmt: skip
+    assert [results[n].episodes for n in results] == [6, 6, 6, 3, 3]
+    texts = fewshot_protocols.episode_texts(episodes.dataset, "text")
+    assert setfit.seen == [texts(e)[0] for e in order[:3]]  # the first three episodes, in that order
+    rows = fewshot_protocols.rows(results)
+    lp, ft = results["linear-probe"], results["fine-tuning"]
+    expected = paired_difference(ft.per_episode, lp.per_episode[:3]).as_dict(4)
+    assert rows["fine-tuning"]["minus_linear_probe"] == expected
+    assert rows["nearest-centroid"]["minus_linear_probe"]["n"] == 6
+    assert rows["nearest-centroid"]["minus_setfit_default"]["n"] == 3
+    assert all(r["subset"]["episodes"] == 3 for r in rows.values())
+    out = fewshot_protocols.headline({"allway5_mono": results})
+    assert tuple(out) == HEADLINES
+    assert out["allway5_mono_best_minus_setfit_default"]["n"] == 3
+    assert out["allway5_cross_best_minus_nearest_centroid"] is None  # not run: no figure
+    assert out["out_of_domain_best_minus_frozen"] is None
+
+
+def result(name, per_episode, seconds=1.0):
+    mean, half = confidence_interval(per_episode)
+    return MetaTestResult(name, mean, half, seconds, len(per_episode), per_episode)
+
+
+def test_the_best_is_chosen_on_the_episodes_every_candidate_saw():
+    results = {
+        "linear-probe": result("linear-probe", [0.5, 0.5, 0.5, 0.5], 0.1),
+        # best over its 4 episodes, but the slow method only reached 2, where "slow" is better
+        "nearest-centroid": result("nearest-centroid", [0.6, 0.6, 1.0, 1.0], 0.01),
+        "slow": result("slow", [0.9, 0.8], 5.0),
+        "setfit-default": result("setfit-default", [0.7, 0.7], 20.0),
+    }
+    out = fewshot_protocols.best_minus(results, "linear-probe")
+    assert out["method"] == "slow" and out["selected_on_episodes"] == 2
+    assert out["mean"] == pytest.approx(0.35) and out["n"] == 2
+    head = fewshot_protocols.headline({"allway5_mono": results, "allway5_cross": results})
+    assert head["allway5_mono_best_minus_setfit_default"]["method"] == "slow"
+    assert head["setfit_over_best_seconds"] == {"best": "slow", "ratio": 4.0}
+    assert head["allway5_cross_best_minus_nearest_centroid"]["method"] == "slow"
+    assert fewshot_protocols.best_minus(results, "missing") is None
+
+
+def test_out_of_domain_compares_the_best_adapted_method_with_the_best_frozen_one():
+    ood = {
+        "nearest-centroid": result("nearest-centroid", [0.6, 0.7, 0.8]),
+        "linear-probe": result("linear-probe", [0.7, 0.8, 0.9]),
+        "protonets (meta-learned)": result("protonets (meta-learned)", [0.5, 0.6, 0.8]),
+        "fine-tuning": result("fine-tuning", [0.8, 0.8]),
+    }
+    out = fewshot_protocols.headline({"ood_allway5": ood})["out_of_domain_best_minus_frozen"]
+    assert (out["method"], out["reference"]) == ("fine-tuning", "linear-probe")
+    assert out["mean"] == pytest.approx(np.mean([0.1, 0.0])) and out["n"] == 2
+
+
+def test_django_ui_strings_are_labelled_by_component_without_ambiguous_strings():
+    pytest.importorskip("django")
+    data = fewshot_protocols.django_ui_strings()
+    assert isinstance(data, datasets.Dataset) and {"admin", "auth", "core"} <= set(data["label"])
+    assert len(set(data["text"])) == len(data)
