@@ -45,12 +45,6 @@ README = ROOT / "README.md"
 # links a record fails the test (remove it here), and so does a new row without a record.
 UNRECORDED_ROWS: tuple[tuple[str, int, str], ...] = (
     (
-        "main job (`quickstart`)",
-        1,
-        "measured before records existed (printed table only); re-run `hf-metatransfer quickstart` and save "
-        "outputs/quickstart/results.json as a record",
-    ),
-    (
         "finetune recipe, 32 English intents",
         1,
         "measured before records existed; re-run `hf-metatransfer finetune --config "
