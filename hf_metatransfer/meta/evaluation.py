@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -109,7 +110,7 @@ def _rows(batch: Batch, index: torch.Tensor) -> dict[str, torch.Tensor]:
     return {k: v[index.to(v.device)] for k, v in batch.items()}
 
 
-class SupportTuned:
+class SupportTuned(ABC):
     """A method that trains a copy of the model on the support set, with a body LR that is fixed or chosen per
     episode by cross-validation over the support set: a LR tuned on test episodes would flatter the method, and
     one LR for every episode fits few of them.
@@ -145,9 +146,9 @@ class SupportTuned:
         self.cv_scores: list[dict[float, tuple[float, float]]] = []
         self.fallbacks = 0
 
+    @abstractmethod
     def fit_predict(self, model: nn.Module, support: Batch, query: Batch, lr: float) -> torch.Tensor:
         """Train a copy of ``model`` on ``support`` with body LR ``lr``; the query logits."""
-        raise NotImplementedError
 
     def predict(self, model: nn.Module, support: Batch, query: Batch) -> torch.Tensor:
         return self.fit_predict(model, support, query, self.choose_lr(model, support))
