@@ -307,7 +307,7 @@ class StreamingEpisodes:
                           f"rows{hint} are left out of episodes that need that many; stream.small_classes lists "
                           f"them (logged by {logger.name} at INFO).", stacklevel=caller_stacklevel())  # fmt: skip
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Classes with fewer than K")
+            warnings.filterwarnings("ignore", message="Left out of episodes")  # said above, with buffer sizes
             return builder.sampler(n_way, k_shot, q_query, seed=seed, mode=mode, classes=classes, **kwargs)
 
     def _label_id(self, raw: Any) -> int:
