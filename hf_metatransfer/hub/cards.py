@@ -394,7 +394,8 @@ def hub_id(name_or_path: str | None) -> str | None:
     from ..conventions import PACKAGED_MODELS
     from ..data.packaged_models import packaged_hub_id
 
-    if name_or_path in PACKAGED_MODELS:  # "embedded", "embedded-multilingual": the checkpoints they rebuild
+    # embedded, embedded-multilingual, embedded-translator: the releases they rebuild
+    if name_or_path in PACKAGED_MODELS:
         return PACKAGED_MODELS[name_or_path].hub_id
     if Path(name_or_path).exists():  # a packaged model's folder names its release; any other folder, nothing
         return packaged_hub_id(name_or_path)
