@@ -275,3 +275,22 @@ def test_fit_probe_rejects_bad_input():
         fit_probe(x, y, 1)
     with pytest.raises(ValueError, match="0..1"):
         fit_probe(x, y + 1, 2)
+
+
+@pytest.mark.parametrize("solver", ["logistic", "lstsq"])
+def test_rounding_noise_feature_gets_no_weight(solver):
+    """A feature constant up to rounding (std 1e-20, as all-MiniLM-L6-v2 has one) is not blown up by
+    standardising: its weight stays bounded, so a tiny change of that feature (the body moving during LP-FT) cannot
+    swamp the logits. Dividing by its std gave weights of 1e30 and LP-FT fell to chance."""
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(40) % 4
+    x = torch.randn(40, 8, generator=gen, dtype=torch.float64) + torch.nn.functional.one_hot(y, 8).double() * 6
+    x[:, 5] = 1e-20 * torch.randn(40, generator=gen, dtype=torch.float64)
+    weight, bias = fit_probe(x, y, 4, solver=solver)
+    assert torch.isfinite(weight).all() and weight.abs().max() < 100
+    moved = x.clone()
+    moved[:, 5] += 1e-3
+    np.testing.assert_array_equal(
+        (x.float() @ weight.T + bias).argmax(-1).numpy(), (moved.float() @ weight.T + bias).argmax(-1).numpy()
+    )
+    assert ((x.float() @ weight.T + bias).argmax(-1) == y).float().mean() == 1.0

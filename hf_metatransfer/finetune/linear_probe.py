@@ -168,6 +168,10 @@ def extract_features(
     return torch.cat(features), torch.cat(labels)
 
 
+#: a feature whose std is below this fraction of the largest feature std is constant (rounding noise)
+NEGLIGIBLE_STD = 1e-6
+
+
 def _standardised_fit(
     x: np.ndarray,
     y: np.ndarray,
@@ -196,6 +200,10 @@ def _fit_standardised(
     max_iter: int,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     scaler = StandardScaler(with_mean=fit_intercept).fit(x)
+    # A feature that is constant up to rounding (all-MiniLM-L6-v2's mean-pooled features have one with std 6.5e-33)
+    # escapes scikit-learn's zero-variance check; dividing by its std gives weights of 1e30 that any change of the
+    # features (fine-tuning the body after the probe, fp16) turns into inf logits. Such features are left unscaled.
+    scaler.scale_[scaler.scale_ <= NEGLIGIBLE_STD * scaler.scale_.max()] = 1.0
     xs = scaler.transform(x)
     if solver == "logistic":
         w, b = _fit_logistic(xs, y, num_labels, c, fit_intercept, max_iter)
