@@ -284,7 +284,10 @@ def test_rounding_noise_feature_gets_no_weight(solver):
     swamp the logits. Dividing by its std gave weights of 1e30 and LP-FT fell to chance."""
     gen = torch.Generator().manual_seed(0)
     y = torch.arange(40) % 4
-    x = torch.randn(40, 8, generator=gen, dtype=torch.float64) + torch.nn.functional.one_hot(y, 8).double() * 6
+    x = (
+        torch.randn(40, 8, generator=gen, dtype=torch.float64)
+        + torch.nn.functional.one_hot(y, 8).double() * 6
+    )
     x[:, 5] = 1e-20 * torch.randn(40, generator=gen, dtype=torch.float64)
     weight, bias = fit_probe(x, y, 4, solver=solver)
     assert torch.isfinite(weight).all() and weight.abs().max() < 100
