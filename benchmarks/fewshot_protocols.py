@@ -133,13 +133,17 @@ class PerWay:
         return self.method.predict(self.heads(int(support["labels"].max()) + 1), support, query)
 
 
-def slow_methods(steps: int, lr: float | str) -> dict[str, object]:
-    """Fresh slow tensor methods (they keep the LRs they chose, so each setting gets its own)."""
-    suffix = ", cv lr" if lr == "cv" else ""
+def slow_methods(steps: int, lr: float | str, warm_lr: float | str) -> dict[str, object]:
+    """Fresh slow tensor methods (they keep the LRs they chose, so each setting gets its own): fine-tuning at
+    ``lr``; LP-FT and ProtoHeadFineTune, whose heads start at a classifier, at ``warm_lr``."""
+
+    def suffix(value: float | str) -> str:
+        return ", cv lr" if value == "cv" else f", lr {value:g}"
+
     return {
-        f"fine-tuning{suffix}": FineTune(steps=steps, lr=lr),
-        f"lp-ft{suffix}": FineTune(steps=steps, lr=lr, lp_ft=True),
-        f"proto-head-ft{suffix}": ProtoHeadFineTune(steps=steps, lr=lr),
+        f"fine-tuning{suffix(lr)}": FineTune(steps=steps, lr=lr),
+        f"lp-ft{suffix(warm_lr)}": FineTune(steps=steps, lr=warm_lr, lp_ft=True),
+        f"proto-head-ft{suffix(warm_lr)}": ProtoHeadFineTune(steps=steps, lr=warm_lr),
     }
 
 
@@ -180,6 +184,8 @@ def run_setting(
                for name, method in ((NEAREST_CENTROID, NearestCentroid()), (LINEAR_PROBE, LinearProbe()))}  # fmt: skip
     for name, (model, algorithm) in meta.items():
         results[name] = meta_test(model, algorithm, episodes, collate, name=name, progress=progress)
+        probe = f"{name} + linear probe"  # the meta-learned encoder, frozen, under the probe
+        results[probe] = meta_test(model, LinearProbe(), episodes, collate, name=probe, progress=progress)
     subset, heads = list(episodes[:slow_episodes]), Heads(frozen)
     for name, method in slow.items():
         wrapped = PerWay(method, heads) if isinstance(method, FineTune) else method
@@ -418,6 +424,24 @@ def evaluate_encoder(
             meta_train_seconds[name] = round(time.perf_counter() - start, 1)
             meta[kind] = {name: (model.eval(), trainer.algorithm)}
 
+    def record(results: dict[str, dict[str, MetaTestResult]], complete: bool) -> dict:
+        """The record of the settings measured so far (``complete``: all of them)."""
+        return {
+            "benchmark": "fewshot_protocols", "encoder": short, "encoder_name": encoder, "encoder_note": ENCODER_NOTES[short],
+            "path": path, "prefix": prefix, "train_langs": args.train_langs, "test_langs": args.test_langs,
+            "cross_lingual_support": support_langs, "test_intents": tasks.class_names("test"), "q_query": args.q_query,
+            "draws": args.draws, "slow_episodes": args.slow_episodes, "slow_seconds": args.slow_seconds,
+            "out_of_domain": ood_name, "meta_model": args.meta_model, "meta_steps": 0 if args.meta_model else args.meta_steps,
+            "meta_train_seconds": meta_train_seconds,
+            "protocol_reports": {s: str(p.report) for s, p in protocols.items()},
+            "headline": headline(results), "settings": {s: rows(r) for s, r in results.items()},
+            "command": " ".join([os.path.basename(sys.executable), *sys.argv]), **git_commit(),
+            "versions": package_versions(), "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(), "os_cpu_count": os.cpu_count(),
+            "loadavg_start": [round(x, 2) for x in load_start], "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+            "wall_seconds": round(time.perf_counter() - wall, 1), "complete": complete,
+        }  # fmt: skip
+
     frozen, results = load(), {}
     for setting, episodes in protocols.items():
         kind = "cross" if setting.endswith("cross") else "mono"  # out of domain: the monolingual learner
@@ -429,28 +453,25 @@ def evaluate_encoder(
         results[setting] = run_setting(
             order, collate_for(episodes.dataset, episodes.text_column),
             episode_texts(episodes.dataset, episodes.text_column), frozen, meta[kind],
-            slow_methods(args.ft_steps, args.ft_lr) if not args.quick else
+            slow_methods(args.ft_steps, args.ft_lr, args.warm_lr) if not args.quick else
             {"fine-tuning, cv lr": FineTune(steps=args.ft_steps, lr=args.ft_lr)},
             setfits, args.slow_episodes, args.slow_seconds, args.progress,
         )  # fmt: skip
         print(table(f"\n{setting} ({short}; {episodes.report}; subset = episodes every method reached)",
                     rows(results[setting])))  # fmt: skip
-    record = {
-        "benchmark": "fewshot_protocols", "encoder": short, "encoder_name": encoder, "encoder_note": ENCODER_NOTES[short],
-        "path": path, "prefix": prefix, "train_langs": args.train_langs, "test_langs": args.test_langs,
-        "cross_lingual_support": support_langs, "test_intents": tasks.class_names("test"), "q_query": args.q_query,
-        "draws": args.draws, "slow_episodes": args.slow_episodes, "slow_seconds": args.slow_seconds,
-        "out_of_domain": ood_name, "meta_model": args.meta_model, "meta_steps": 0 if args.meta_model else args.meta_steps,
-        "meta_train_seconds": meta_train_seconds,
-        "protocol_reports": {s: str(p.report) for s, p in protocols.items()},
-        "headline": headline(results), "settings": {s: rows(r) for s, r in results.items()},
-        "command": " ".join([os.path.basename(sys.executable), *sys.argv]), **git_commit(),
-        "versions": package_versions(), "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(), "os_cpu_count": os.cpu_count(),
-        "loadavg_start": [round(x, 2) for x in load_start], "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-        "wall_seconds": round(time.perf_counter() - wall, 1),
-    }  # fmt: skip
-    return record, results
+        if args.record_dir:  # after every setting: an interrupted run keeps what it measured
+            write_record(record_path(args, short), record(results, complete=len(results) == len(protocols)))
+    return record(results, complete=True), results
+
+
+def record_path(args: argparse.Namespace, short: str) -> Path:
+    suffix = f"_{args.record_suffix}" if args.record_suffix else ""
+    return Path(args.record_dir) / f"fewshot_protocols_{short}{suffix}_cpu.json"
+
+
+def write_record(target: Path, record: dict) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(record, indent=1) + "\n")
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -477,9 +498,8 @@ def main(args: argparse.Namespace) -> dict:
         out["encoder_notes"][short], out["rows"][short] = ENCODER_NOTES[short], record["settings"]
         headlines[short] = record["headline"]
         if args.record_dir:
-            target = Path(args.record_dir) / f"fewshot_protocols_{short}_cpu.json"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(json.dumps(record, indent=1) + "\n")
+            target = record_path(args, short)
+            write_record(target, record)
             out["records"][short] = str(target)
     keys = next(iter(headlines.values())).keys()
     summary = {key: {enc: h[key] for enc, h in headlines.items()} for key in keys}
@@ -510,6 +530,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--ft-lr", type=lambda s: s if s == "cv" else float(s), default="cv", help='"cv" or a number.'
     )
+    p.add_argument("--warm-lr", type=lambda s: s if s == "cv" else float(s), default="cv",
+                   help='LP-FT and proto-head FT body LR: "cv" or a number (their heads start at a classifier).')  # fmt: skip
     p.add_argument(
         "--meta-steps", type=int, default=60, help="ProtoNets meta-training steps (0: no meta-learner)."
     )
@@ -523,6 +545,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ood-draws", type=int, default=10)
     p.add_argument("--no-ood", action="store_true")
     p.add_argument("--record-dir", help="Default benchmarks/results (none with --quick).")
+    p.add_argument("--record-suffix", help="fewshot_protocols_<encoder>_<suffix>_cpu.json: runs of some settings "
+                   "side by side (one process each) write records of their own.")  # fmt: skip
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default).")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--seed", type=int, default=0)

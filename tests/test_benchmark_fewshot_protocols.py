@@ -62,7 +62,14 @@ def test_every_method_runs_on_a_prefix_of_the_same_interleaved_episodes():
         {"protonets (meta-learned)": (model, ProtoNets())}, {"fine-tuning": FineTune(steps=1)},
         {"setfit-default": setfit}, slow_episodes=3, slow_seconds=None,
     )  # fmt: skip
-    assert [results[n].episodes for n in results] == [6, 6, 6, 3, 3]
+    assert [results[n].episodes for n in results] == [6, 6, 6, 6, 3, 3]
+    meta_probe = results[
+        "protonets (meta-learned) + linear probe"
+    ]  # the meta-learned encoder under the probe
+    assert meta_probe.settings == results["linear-probe"].settings
+    assert (
+        meta_probe.per_episode == results["linear-probe"].per_episode
+    )  # here the "meta-learned" model is the frozen one
     texts = fewshot_protocols.episode_texts(episodes.dataset, "text")
     assert setfit.seen == [texts(e)[0] for e in order[:3]]  # the first three episodes, in that order
     rows = fewshot_protocols.rows(results)
