@@ -69,9 +69,13 @@ class MetaTestArguments:
 
 
 # What saved episodes depend on: the rows and splits of the data, and how the episodes were drawn (the results
-# record these). Not max_length (tokenisation only) nor the number of episodes (the saved set is the set).
-DATA_OPTIONS = ("languages", "validation_languages", "test_languages", "class_ratios", "cap_per_intent", "slots",
-                "mode", "support_languages", "query_languages", "n_way", "k_shot", "q_query")  # fmt: skip
+# record these). Every other episode option is listed as not one: max_length (tokenisation only), the number of
+# episodes (the saved set is the set) and how the baselines run.
+DATA_OPTIONS = ("languages", "validation_languages", "test_languages", "allow_variants", "class_ratios",
+                "cap_per_intent", "slots", "mode", "support_languages", "query_languages", "n_way", "k_shot",
+                "q_query")  # fmt: skip
+NOT_DATA_OPTIONS = ("max_length", "test_episodes", "slow_baseline_episodes", "slow_baseline_seconds", "baselines",
+                    "adapted_episodes")  # fmt: skip
 
 
 def data_options(ep: EpisodeArguments, seed: int) -> dict:

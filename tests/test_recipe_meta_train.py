@@ -191,3 +191,16 @@ def test_under_torchrun_the_recipe_prints_writes_and_pushes_once(hub, tmp_path, 
     assert (out / "results.json").exists()
     commits = [c.message for c in hub.repos[("model", "tester/meta-two-ranks")].commits.values()]
     assert len([m for m in commits if "hf-metatransfer" in m]) == 1, commits
+
+
+def test_every_episode_option_is_checked_against_saved_episodes_or_named_as_not_data():
+    """A new data option (as allow_variants was) must join the fingerprint meta-test checks, or saved episodes drawn
+    under another value would be scored against other sentences without a word."""
+    import dataclasses
+
+    from hf_metatransfer.recipes.meta_test import DATA_OPTIONS, NOT_DATA_OPTIONS
+    from hf_metatransfer.recipes.meta_train import EpisodeArguments
+
+    fields = {f.name for f in dataclasses.fields(EpisodeArguments)}
+    assert not set(DATA_OPTIONS) & set(NOT_DATA_OPTIONS)
+    assert fields == set(DATA_OPTIONS) | set(NOT_DATA_OPTIONS)
