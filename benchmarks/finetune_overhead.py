@@ -60,6 +60,7 @@ import time  # noqa: E402
 from collections import Counter  # noqa: E402
 
 import torch  # noqa: E402
+from record import write_record  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -343,6 +344,8 @@ def main(args: argparse.Namespace) -> dict:
         "interleave": args.interleave,
     }
     print(json.dumps(result))
+    if args.record:
+        write_record(args.record, result)
     return result
 
 
@@ -364,6 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--record",
+        metavar="PATH",
+        help="also write the result with its provenance (command, commit, versions, threads, load) to PATH, "
+        "e.g. benchmarks/results/finetune_overhead_cpu.json",
+    )
     return parser
 
 

@@ -88,6 +88,7 @@ import sys  # noqa: E402
 from typing import Any  # noqa: E402
 
 import datasets  # noqa: E402
+from record import write_record  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
@@ -124,8 +125,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     with cpu_threads(args.threads):
         result = run_lpft_shift(lpft_model_loader(path, args.pooling), data, AutoTokenizer.from_pretrained(path),
                                 experiment, seeds=args.seeds, max_length=args.max_length, encoder=ENCODER)  # fmt: skip
-    if not args.per_seed_json:
-        result.pop("per_seed")
+        if not args.per_seed_json:
+            result.pop("per_seed")
+        # inside: the threads recorded are the run's (cpu_threads restores torch's on leaving)
+        if args.record:
+            write_record(args.record, result)
     print("\n" + lpft_shift_table(result))
     print(json.dumps(result))
     return result
@@ -185,6 +189,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--per-seed-json", action="store_true", help="include every seed's runs and data rows in the JSON"
+    )
+    p.add_argument(
+        "--record",
+        metavar="PATH",
+        help="also write the result with its provenance (command, commit, versions, threads, load) to PATH, "
+        "e.g. benchmarks/results/lpft_shift_cpu.json",
     )
     return p.parse_args(argv)
 

@@ -42,6 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from record import write_record  # noqa: E402
 
 N_WAY, K_SHOT, Q_QUERY, MAX_LENGTH, META_BATCH = 5, 5, 10, 32, 4
 
@@ -196,6 +197,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--peak-repeats", type=int, default=7, help="2048^3 matmuls timed for the fp32 peak.")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-flops", action="store_true")
+    parser.add_argument(
+        "--record",
+        metavar="PATH",
+        help="also write the result with its provenance (command, commit, versions, threads, load) to PATH, "
+        "e.g. benchmarks/results/meta_throughput_cpu.json",
+    )
     parser.add_argument("--memory-child", choices=["lora", "all"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="There is a performance drop")
@@ -248,6 +255,8 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{m['trainable_params']:,} trainable" if "peak_rss_mb" in m else f"FAILED: {m['error'][-300:]}"))  # fmt: skip
     results["wall_s"] = time.perf_counter() - t0
     print(json.dumps(results))
+    if args.record:
+        write_record(args.record, results)
     return results
 
 

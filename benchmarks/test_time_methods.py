@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import time
 import warnings
@@ -33,7 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-import transformers  # noqa: E402
+from record import git_commit, package_versions  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
@@ -62,16 +61,6 @@ def methods(steps: int) -> dict[str, object]:
         "proto-head-ft": ProtoHeadFineTune(steps=steps),
         "fine-tuning, cv lr": FineTune(steps=steps, lr="cv"),
         "proto-head-ft, cv lr": ProtoHeadFineTune(steps=steps, lr="cv"),
-    }
-
-
-def git_commit() -> dict:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=False).stdout.strip()
-
-    return {
-        "commit": git("rev-parse", "HEAD"),
-        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
     }
 
 
@@ -143,8 +132,7 @@ def main(args: argparse.Namespace) -> dict:
         "q_query": args.q_query, "episodes": len(episodes), "cv_episodes": n_cv, "steps": args.steps,
         f"all_{len(episodes)}_episodes": rows_all, f"first_{n_cv}_episodes": rows_cv, "cv_chosen_lrs": chosen,
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]), **git_commit(),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__},
+        "versions": package_versions(["torch", "transformers"]),
         "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
         "os_cpu_count": os.cpu_count(), "loadavg_start": [round(x, 2) for x in load_start],
         "loadavg_end": [round(x, 2) for x in os.getloadavg()], "wall_seconds": round(time.perf_counter() - wall, 1),
