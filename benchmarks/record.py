@@ -51,6 +51,11 @@ def package_versions(names: Sequence[str]) -> dict[str, str | None]:
     return found
 
 
+#: the commit when this module was imported, at the start of the run: the code that ran, whatever is committed
+#: while a long benchmark runs
+AT_START = git_commit()
+
+
 def provenance(names: Sequence[str] = DEFAULT_PACKAGES) -> dict[str, Any]:
     """How and where a result was made; call it at the end of a run, so the threads and load are the run's.
 
@@ -59,7 +64,7 @@ def provenance(names: Sequence[str] = DEFAULT_PACKAGES) -> dict[str, Any]:
     """
     return {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        **git_commit(),
+        **AT_START,
         "versions": package_versions(names),
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
