@@ -66,12 +66,6 @@ UNRECORDED_ROWS: tuple[tuple[str, int, str], ...] = (
         "measured before records existed; re-run `python benchmarks/lpft_shift.py --per-seed-json`",
     ),
     (
-        "episodes: ",
-        3,
-        "measured before records existed; re-run `python benchmarks/episodes.py --modes classes monolingual "
-        "cross-lingual` (one run gives the three rows)",
-    ),
-    (
         "meta-training tasks/s, batched against one task at a time",
         1,
         "measured before records existed; re-run `python benchmarks/meta_throughput.py`",
