@@ -352,3 +352,25 @@ def test_language_pairs_left_out_make_one_warning(caplog):
     (record,) = caplog.records  # the full list, in the log
     assert "54 of 56 language pairs" in record.getMessage() and "l5->l4" in record.getMessage()
     assert sorted(sampler.pairs) == sorted([(0, 1), (1, 0)]) and len(sampler.pair_cdf) == 2
+
+
+def test_mixed_sampler_takes_turns_keeps_ids_and_each_kinds_own_episodes(builder):
+    from hf_metatransfer.episodes import MixedSampler
+
+    mono = builder.sampler(4, 2, 3, mode="monolingual", seed=0)
+    cross = builder.sampler(4, 2, 3, mode="cross-lingual", seed=0)
+    mixed = MixedSampler([mono, cross])
+    ids = [5, 0, 3, 8, 1]
+    episodes = mixed.batch(ids)
+    assert [e.episode_id for e in episodes] == ids
+    for i, e in zip(ids, episodes):
+        own = (mono if i % 2 == 0 else cross)[i // 2]
+        assert (e.support_lang == e.query_lang) == (i % 2 == 0)
+        assert e.support.tolist() == own.support.tolist() and e.query.tolist() == own.query.tolist()
+    assert (
+        mixed[3].query.tolist() == episodes[2].query.tolist()
+    )  # one id, one episode, however it is asked for
+    assert mixed.n_range == mono.n_range
+    assert MixedSampler([mono, builder.sampler(3, 2, 3, seed=0)]).n_range is None
+    with pytest.raises(ValueError, match="at least two"):
+        MixedSampler([mono])

@@ -313,3 +313,45 @@ def test_parameter_sharding_engines_are_refused_naming_what_works(tmp_path, monk
     train, _, collate = token_episodes()
     with pytest.raises(ValueError, match="does not run under .*multi_gpu.yaml or multi_node.yaml"):
         MetaTrainer(tiny_bert(), config(tmp_path), train, collate)
+
+
+def test_anchor_pull_moves_each_step_that_fraction_back_to_the_start_and_resumes_to_the_same_weights(
+    tmp_path,
+):
+    """After one step, the pulled weights are the unpulled ones moved anchor_pull of the way back to the start;
+    a run interrupted and resumed pulls toward the pretrained weights (from its checkpoint), not toward the
+    weights it resumed from, and ends where an uninterrupted one does."""
+    train, _, collate = token_episodes()
+    start = {n: p.detach().clone() for n, p in tiny_bert().named_parameters()}
+    free, pulled = tiny_bert(), tiny_bert()
+    MetaTrainer(free, config(tmp_path / "free", max_steps=1), train, collate).train()
+    MetaTrainer(pulled, config(tmp_path / "pulled", max_steps=1, anchor_pull=0.25), train, collate).train()
+    moved = 0
+    for (n, p), (_, q) in zip(free.named_parameters(), pulled.named_parameters()):
+        torch.testing.assert_close(q, p + 0.25 * (start[n] - p), rtol=1e-5, atol=1e-7)
+        moved += int(not torch.equal(p, start[n]))
+    assert moved  # the step did move the weights, so the pull was tested
+
+    full = tiny_bert()
+    MetaTrainer(full, config(tmp_path / "a", anchor_pull=0.25), train, collate).train()
+    MetaTrainer(tiny_bert(), config(tmp_path / "b", max_steps=3, save_final_checkpoint=True, anchor_pull=0.25),
+                train, collate).train()  # fmt: skip
+    assert (tmp_path / "b" / "checkpoint-3" / "anchor.safetensors").exists()
+    resumed = tiny_bert(seed=5)  # other weights and another start: the anchor must come from the checkpoint
+    MetaTrainer(resumed, config(tmp_path / "b", resume_from_checkpoint="last", anchor_pull=0.25), train,
+                collate).train()  # fmt: skip
+    for (n, p), (_, q) in zip(full.named_parameters(), resumed.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_resuming_a_run_without_anchor_under_anchor_pull_is_refused(tmp_path):
+    train, _, collate = token_episodes()
+    MetaTrainer(
+        tiny_bert(), config(tmp_path, max_steps=2, save_final_checkpoint=True), train, collate
+    ).train()
+    trainer = MetaTrainer(tiny_bert(), config(tmp_path, resume_from_checkpoint="last", anchor_pull=0.1), train,
+                          collate)  # fmt: skip
+    with pytest.raises(ValueError, match="without anchor_pull"):
+        trainer.train()
+    with pytest.raises(ValueError, match="anchor_pull=1"):
+        config(tmp_path, anchor_pull=1)

@@ -5,6 +5,7 @@ from .collate import EpisodeCollator, TokenStore, tokenize_dataset
 from .episode import Episode, episodes_from_dataset, episodes_to_dataset, verify_episodes
 from .index import GroupIndex
 from .languages import base_language, language_groups, other_languages
+from .mixture import MixedSampler
 from .presets import TaskCollection, ha_intents_tasks, massive_style_tasks, tasks_from_builder
 from .protocols import (
     ProtocolEpisodes,
@@ -27,6 +28,7 @@ __all__ = [
     "EpisodeDataset",
     "EpisodeSampler",
     "GroupIndex",
+    "MixedSampler",
     "SplitLeakError",
     "base_language",
     "language_groups",

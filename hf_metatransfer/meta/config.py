@@ -73,6 +73,15 @@ class MetaTrainingConfig:
     )  # fmt: skip
     optim: str = field(default="adamw_torch", metadata={"help": f"Outer optimizer, one of {OPTIMIZERS}."})
     weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the outer optimizer."})
+    anchor_pull: float = field(
+        default=0.0,
+        metadata={"help": "Pull toward the pretrained weights: after every outer step, each trained weight of the "
+                          "model moves this fraction of the way back to its value when meta-training began (0: "
+                          "off). Keeps the meta-learned encoder near the pretrained one, which serves domains "
+                          "meta-training never saw (L2-SP, Li et al. 2018, applied decoupled as AdamW applies "
+                          "weight decay). Checkpoints then hold those starting weights too (anchor.safetensors), "
+                          "so a resumed run pulls toward the same point."},
+    )  # fmt: skip
     lr_scheduler_type: str = field(
         default="constant",
         metadata={
@@ -169,6 +178,9 @@ class MetaTrainingConfig:
             raise ValueError(f"optim={self.optim!r}: use one of {OPTIMIZERS}.")
         if self.bf16 and self.fp16:
             raise ValueError("bf16 and fp16 are both set: choose one.")
+        if not 0 <= self.anchor_pull < 1:
+            raise ValueError(f"anchor_pull={self.anchor_pull}: the fraction of the way back to the starting "
+                             "weights taken after each step, in [0, 1) (0: off).")  # fmt: skip
         if self.report_to in (["none"], ["None"]):
             self.report_to = []
         if self.meta_batch_size < 1 or self.max_steps < 1:

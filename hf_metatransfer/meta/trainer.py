@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 TRAINER_STATE = "meta_trainer_state.json"
 ALGORITHM_STATE = "meta_algorithm.safetensors"
+ANCHOR_STATE = "anchor.safetensors"  # the weights anchor_pull pulls toward, in checkpoints
 CONFIG_FILE = "meta_training_config.json"
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
@@ -132,6 +133,8 @@ class MetaTrainer:
         for p in self.algorithm.meta_parameters():
             p.data = p.data.to(self.accelerator.device)
         self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        #: where the trained weights began, which ``anchor_pull`` pulls them back toward after every step
+        self.anchor = {n: p.detach().clone() for n, p in self.params} if config.anchor_pull else {}
         self.params += [(f"meta.{i}", p) for i, p in enumerate(self.algorithm.meta_parameters())]
         self.optimizer = self._optimizer()
         self.scheduler = get_scheduler(config.lr_scheduler_type, self.optimizer,
@@ -233,6 +236,8 @@ class MetaTrainer:
             if self.config.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_([p for _, p in self.params], self.config.max_grad_norm)
             self.optimizer.step()
+            if self.anchor:
+                self._pull_to_anchor()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {
@@ -242,6 +247,13 @@ class MetaTrainer:
             "lr": lr,
             **({"loss_scale": scaler.scale} if scaler else {}),
         }
+
+    @torch.no_grad()
+    def _pull_to_anchor(self) -> None:
+        """Each trained weight moves ``anchor_pull`` of its distance back to where meta-training began."""
+        for name, p in self.params:
+            if name in self.anchor:
+                p.lerp_(self.anchor[name], self.config.anchor_pull)
 
     def _add(
         self, flat: torch.Tensor, totals: torch.Tensor, result: TaskResult, ok: int, skipped: int
@@ -477,6 +489,9 @@ class MetaTrainer:
         self.accelerator.save_state(str(partial))  # optimizer, scheduler, every process's RNG states
         self.save_model(partial)
         if self.accelerator.is_main_process:
+            if self.anchor:
+                save_file({n: t.detach().cpu().contiguous() for n, t in self.anchor.items()},
+                          str(partial / ANCHOR_STATE))  # fmt: skip
             (partial / TRAINER_STATE).write_text(json.dumps(asdict(self.state), indent=2))
             shutil.rmtree(final, ignore_errors=True)
             partial.rename(final)
@@ -545,6 +560,13 @@ class MetaTrainer:
             logger.info("checkpoint load: missing %s, unexpected %s", missing, unexpected)
         if (folder / ALGORITHM_STATE).exists():
             self.algorithm.load_state_dict(_read_safetensors(folder / ALGORITHM_STATE))
+        if self.anchor:
+            if not (folder / ANCHOR_STATE).exists():
+                raise ValueError(f"{folder} was written without anchor_pull, so it does not hold the weights "
+                                 "meta-training began from: resume it with anchor_pull=0, or start a new run with "
+                                 "anchor_pull.")  # fmt: skip
+            for name, value in _read_safetensors(folder / ANCHOR_STATE).items():
+                self.anchor[name].copy_(value)
         self.accelerator.load_state(str(folder))
         self.state = state
         logger.info("Resumed from %s at step %d", folder, self.state.step)
