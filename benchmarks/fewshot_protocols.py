@@ -17,10 +17,13 @@ draw by draw across languages, so the first ``--slow-episodes`` cover every lang
 (``ood_allway5``): English UI strings of Django labelled by the component that ships them (admin, auth, gis...,
 from the ``django`` package's catalogues; never in meta-training), or ``--ood-data`` (JSONL, ``text``/``label``).
 
-Methods: nearest centroid and a linear probe on the frozen encoder; fine-tuning, LP-FT and ProtoHeadFineTune with
-the body LR chosen per episode by cross-validation on the support set (``--ft-lr cv``); SetFit at its defaults and
-at the project's old budget (5 pair iterations); ProtoNets meta-trained with ``MetaTrainer`` on the meta-train
-intents and languages (one learner a setting kind, on episodes of that kind), or loaded (``--meta-model``).
+Methods: nearest centroid and a linear probe on the frozen encoder; fine-tuning with the body LR chosen per episode
+by cross-validation on the support set (``--ft-lr cv``); LP-FT and ProtoHeadFineTune, whose heads start at a
+classifier, at ``--warm-lr`` (``cv`` or a number); SetFit at its defaults and at the project's old budget (5 pair
+iterations); ProtoNets meta-trained with ``MetaTrainer`` on the meta-train intents and languages (one learner a
+setting kind, on episodes of that kind; ``--meta-mix``: one learner on both kinds taking turns, scored in every
+setting; ``--anchor-pull``: pulled back toward the pretrained weights after every meta-step), or loaded
+(``--meta-model``), each also under the linear probe (its encoder frozen).
 The slow methods (fine-tuning, LP-FT, ProtoHeadFineTune, SetFit) run on the first ``--slow-episodes`` episodes
 within ``--slow-seconds`` each (``meta_test(max_seconds=...)``); every method is also reported on the episodes all
 methods reached (``subset``), and each paired Student-t difference (vs the linear probe, vs SetFit-default) is over
@@ -59,7 +62,13 @@ from meta_fewshot import SetFitMethod  # noqa: E402
 from record import AT_START, package_versions  # noqa: E402
 from torch import nn  # noqa: E402
 
-from hf_metatransfer.episodes import Episode, EpisodeCollator, TokenStore, tokenize_dataset  # noqa: E402
+from hf_metatransfer.episodes import (  # noqa: E402
+    Episode,
+    EpisodeCollator,
+    MixedSampler,
+    TokenStore,
+    tokenize_dataset,
+)
 from hf_metatransfer.episodes.protocols import all_way_episodes  # noqa: E402
 from hf_metatransfer.meta import (  # noqa: E402
     FineTune,
@@ -397,22 +406,32 @@ def evaluate_encoder(
         entry = {f"{config.algorithm} (meta-learned, loaded)": (model, algorithm)}
         meta = {"mono": entry, "cross": entry}
     elif args.meta_steps:
-        for kind in [s for s in ("mono", "cross") if s in args.settings]:
-            mode = {"mono": "monolingual", "cross": "cross-lingual"}[kind]
+        modes = {"mono": "monolingual", "cross": "cross-lingual"}
+        kinds = [kind for kind in modes if kind in args.settings]
+        # one learner a setting kind, or (--meta-mix) one on both kinds of episode taking turns, for every setting
+        plans = [tuple(modes)] if args.meta_mix else [(kind,) for kind in kinds]
+        for plan in plans:
             config = MetaTrainingConfig(
                 output_dir=tempfile.mkdtemp(prefix="fewshot_protocols_"), algorithm="protonets",
                 max_steps=args.meta_steps, meta_batch_size=args.meta_batch_size, learning_rate=args.outer_lr,
-                eval_steps=0, save_steps=0, save_total_limit=1, logging_steps=10, seed=args.seed,
-                disable_tqdm=not args.progress,
+                anchor_pull=args.anchor_pull, eval_steps=0, save_steps=0, save_total_limit=1, logging_steps=10,
+                seed=args.seed, disable_tqdm=not args.progress,
             )  # fmt: skip
             model = load()
-            train = tasks.sampler("train", 5, 5, args.q_query, mode=mode, seed=args.seed)
+            samplers = [
+                tasks.sampler("train", 5, 5, args.q_query, mode=modes[k], seed=args.seed) for k in plan
+            ]
+            train = samplers[0] if len(samplers) == 1 else MixedSampler(samplers)
             start = time.perf_counter()
             trainer = MetaTrainer(model, config, train, collate_for(tasks.dataset, "text"))
             trainer.train()
-            name = f"protonets (meta-learned, {mode} 5-way 5-shot episodes)"
+            pull = f", anchor pull {args.anchor_pull:g}" if args.anchor_pull else ""
+            name = (
+                f"protonets (meta-learned, {' + '.join(modes[k] for k in plan)} 5-way 5-shot episodes{pull})"
+            )
             meta_train_seconds[name] = round(time.perf_counter() - start, 1)
-            meta[kind] = {name: (model.eval(), trainer.algorithm)}
+            for kind in plan:
+                meta[kind] = {name: (model.eval(), trainer.algorithm)}
 
     def record(results: dict[str, dict[str, MetaTestResult]], complete: bool) -> dict:
         """The record of the settings measured so far (``complete``: all of them)."""
@@ -422,6 +441,7 @@ def evaluate_encoder(
             "cross_lingual_support": support_langs, "test_intents": tasks.class_names("test"), "q_query": args.q_query,
             "draws": args.draws, "slow_episodes": args.slow_episodes, "slow_seconds": args.slow_seconds,
             "out_of_domain": ood_name, "meta_model": args.meta_model, "meta_steps": 0 if args.meta_model else args.meta_steps,
+            "meta_mix": args.meta_mix, "anchor_pull": args.anchor_pull,
             "meta_train_seconds": meta_train_seconds,
             "protocol_reports": {s: str(p.report) for s, p in protocols.items()},
             "headline": headline(results), "settings": {s: rows(r) for s, r in results.items()},
@@ -525,6 +545,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--meta-steps", type=int, default=60, help="ProtoNets meta-training steps (0: no meta-learner)."
     )
+    p.add_argument("--meta-mix", action="store_true", help="One ProtoNets learner meta-trained on monolingual and "
+                   "cross-lingual episodes taking turns (MixedSampler), scored in every setting.")  # fmt: skip
+    p.add_argument("--anchor-pull", type=float, default=0.0, help="MetaTrainingConfig.anchor_pull: the fraction "
+                   "of the way back to the pretrained weights after every meta-step (0: off).")  # fmt: skip
     p.add_argument("--meta-batch-size", type=int, default=4)
     p.add_argument("--outer-lr", type=float, default=2e-5)
     p.add_argument("--meta-model", help="A folder MetaTrainer saved: scored instead of meta-training one.")
