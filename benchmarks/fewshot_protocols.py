@@ -456,14 +456,14 @@ def evaluate_encoder(
     for setting, episodes in protocols.items():
         kind = "cross" if setting.endswith("cross") else "mono"  # out of domain: the monolingual learner
         order = interleaved(episodes, args.ood_draws if setting.startswith("ood") else args.draws)
-        setfits = {} if args.no_setfit else {
+        setfits = {} if args.no_setfit or args.no_slow else {
             SETFIT_DEFAULT: SetFitDefault(path, prefix, args.max_length, None, 1, 16, args.seed),
             "setfit-5-iterations": SetFitMethod(path, prefix, args.max_length, 5, 1, 16, args.seed),
         }  # fmt: skip
         results[setting] = run_setting(
             order, collate_for(episodes.dataset, episodes.text_column),
             episode_texts(episodes.dataset, episodes.text_column), frozen, meta[kind],
-            slow_methods(args.ft_steps, args.ft_lr, args.warm_lr) if not args.quick else
+            {} if args.no_slow else slow_methods(args.ft_steps, args.ft_lr, args.warm_lr) if not args.quick else
             {"fine-tuning, cv lr": FineTune(steps=args.ft_steps, lr=args.ft_lr)},
             setfits, args.slow_episodes, args.slow_seconds, args.progress,
         )  # fmt: skip
@@ -553,6 +553,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--outer-lr", type=float, default=2e-5)
     p.add_argument("--meta-model", help="A folder MetaTrainer saved: scored instead of meta-training one.")
     p.add_argument("--no-setfit", action="store_true")
+    p.add_argument("--no-slow", action="store_true", help="Only the frozen and meta-learned methods (no fine-tuning, "
+                   "LP-FT, proto-head FT or SetFit): minutes, for comparing meta-training choices.")  # fmt: skip
     p.add_argument(
         "--ood-data", help="JSONL of {text, label}: the out-of-domain set instead of Django's strings."
     )

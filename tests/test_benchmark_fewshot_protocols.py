@@ -126,3 +126,17 @@ def test_django_ui_strings_are_labelled_by_component_without_ambiguous_strings()
     data = fewshot_protocols.django_ui_strings()
     assert isinstance(data, datasets.Dataset) and {"admin", "auth", "core"} <= set(data["label"])
     assert len(set(data["text"])) == len(data)
+
+
+def test_without_slow_methods_the_rows_and_headlines_cover_the_frozen_and_meta_learned_ones():
+    episodes, collate = tiny_setting(draws=2)
+    model = tiny_mean_pool(n_way=3)
+    order = fewshot_protocols.interleaved(episodes, 2)
+    results = fewshot_protocols.run_setting(
+        order, collate, fewshot_protocols.episode_texts(episodes.dataset, "text"), model,
+        {"protonets (meta-learned)": (model, ProtoNets())}, {}, {}, slow_episodes=2, slow_seconds=None,
+    )  # fmt: skip
+    assert all(r.episodes == len(order) for r in results.values())
+    out = fewshot_protocols.headline({"allway5_cross": results})
+    assert out["allway5_cross_best_minus_nearest_centroid"]["n"] == len(order)
+    assert fewshot_protocols.parse(["--no-slow"]).no_slow
