@@ -76,13 +76,6 @@ UNRECORDED_ROWS: tuple[tuple[str, int, str], ...] = (
         "measured before records existed; re-run `python benchmarks/meta_throughput.py` (same run as the row above)",
     ),
     (
-        "few-shot translation, SmolLM2-135M-Instruct",
-        1,
-        "measured before records existed (and the method figures predate the current prompts); re-run "
-        "`OMP_NUM_THREADS=1 python benchmarks/translation.py`, which writes "
-        "benchmarks/results/translation_smollm2_cpu.json",
-    ),
-    (
         "sine waves (Finn et al. 2017)",
         1,
         "not a measurement: a bound asserted by `python -m pytest tests/test_meta_trainer.py -k sine`",
