@@ -51,11 +51,6 @@ UNRECORDED_ROWS: tuple[tuple[str, int, str], ...] = (
         "recipes/configs/finetune_lpft.yaml` and save its results.json as a record",
     ),
     (
-        "fine-tuning step time",
-        1,
-        "measured before records existed; re-run `python benchmarks/finetune_overhead.py` (JSON last line)",
-    ),
-    (
         "fast linear probe against SGD probing",
         1,
         "measured before records existed; re-run `python benchmarks/fast_linear_probe.py` (JSON last line)",
