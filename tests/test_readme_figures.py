@@ -51,11 +51,6 @@ UNRECORDED_ROWS: tuple[tuple[str, int, str], ...] = (
         "recipes/configs/finetune_lpft.yaml` and save its results.json as a record",
     ),
     (
-        "fast linear probe against SGD probing",
-        1,
-        "measured before records existed; re-run `python benchmarks/fast_linear_probe.py` (JSON last line)",
-    ),
-    (
         "LP / FT / LP-FT, trained on English intents",
         1,
         "measured before records existed; re-run `python benchmarks/lpft_shift.py --per-seed-json`",
