@@ -56,16 +56,6 @@ UNRECORDED_ROWS: tuple[tuple[str, int, str], ...] = (
         "measured before records existed; re-run `python benchmarks/lpft_shift.py --per-seed-json`",
     ),
     (
-        "meta-training tasks/s, batched against one task at a time",
-        1,
-        "measured before records existed; re-run `python benchmarks/meta_throughput.py`",
-    ),
-    (
-        "peak memory of a second-order MAML step",
-        1,
-        "measured before records existed; re-run `python benchmarks/meta_throughput.py` (same run as the row above)",
-    ),
-    (
         "sine waves (Finn et al. 2017)",
         1,
         "not a measurement: a bound asserted by `python -m pytest tests/test_meta_trainer.py -k sine`",
