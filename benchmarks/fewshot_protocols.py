@@ -158,6 +158,15 @@ def slow_methods(steps: int, lr: float | str, warm_lr: float | str) -> dict[str,
     }
 
 
+def slow_for(args: argparse.Namespace) -> dict[str, object]:
+    """The slow tensor methods a run asks for: none (``--no-slow``), fine-tuning alone (``--quick``) or all."""
+    if args.no_slow:
+        return {}
+    if args.quick:
+        return {"fine-tuning, cv lr": FineTune(steps=args.ft_steps, lr=args.ft_lr)}
+    return slow_methods(args.ft_steps, args.ft_lr, args.warm_lr)
+
+
 def run_texts(method, episodes: Sequence[Episode], texts: EpisodeTexts, name: str,
               max_seconds: float | None) -> MetaTestResult:  # fmt: skip
     """A method on texts (SetFit) over the episodes, stopping as ``meta_test`` does after ``max_seconds``."""
@@ -463,14 +472,12 @@ def evaluate_encoder(
         results[setting] = run_setting(
             order, collate_for(episodes.dataset, episodes.text_column),
             episode_texts(episodes.dataset, episodes.text_column), frozen, meta[kind],
-            {} if args.no_slow else slow_methods(args.ft_steps, args.ft_lr, args.warm_lr) if not args.quick else
-            {"fine-tuning, cv lr": FineTune(steps=args.ft_steps, lr=args.ft_lr)},
-            setfits, args.slow_episodes, args.slow_seconds, args.progress,
+            slow_for(args), setfits, args.slow_episodes, args.slow_seconds, args.progress,
         )  # fmt: skip
         print(table(f"\n{setting} ({short}; {episodes.report}; subset = episodes every method reached)",
                     rows(results[setting])))  # fmt: skip
         if args.record_dir:  # after every setting: an interrupted run keeps what it measured
-            write_record(record_path(args, short), record(results, complete=len(results) == len(protocols)))
+            write_json(record_path(args, short), record(results, complete=len(results) == len(protocols)))
     return record(results, complete=True), results
 
 
@@ -479,7 +486,7 @@ def record_path(args: argparse.Namespace, short: str) -> Path:
     return Path(args.record_dir) / f"fewshot_protocols_{short}{suffix}_cpu.json"
 
 
-def write_record(target: Path, record: dict) -> None:
+def write_json(target: Path, record: dict) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(record, indent=1) + "\n")
 
@@ -509,7 +516,7 @@ def main(args: argparse.Namespace) -> dict:
         headlines[short] = record["headline"]
         if args.record_dir:
             target = record_path(args, short)
-            write_record(target, record)
+            write_json(target, record)
             out["records"][short] = str(target)
     keys = next(iter(headlines.values())).keys()
     summary = {key: {enc: h[key] for enc, h in headlines.items()} for key in keys}

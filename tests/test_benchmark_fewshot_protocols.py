@@ -139,4 +139,8 @@ def test_without_slow_methods_the_rows_and_headlines_cover_the_frozen_and_meta_l
     assert all(r.episodes == len(order) for r in results.values())
     out = fewshot_protocols.headline({"allway5_cross": results})
     assert out["allway5_cross_best_minus_nearest_centroid"]["n"] == len(order)
-    assert fewshot_protocols.parse(["--no-slow"]).no_slow
+    parse, slow_for = fewshot_protocols.parse, fewshot_protocols.slow_for
+    assert slow_for(parse(["--no-slow"])) == {}
+    assert list(slow_for(parse(["--quick"]))) == ["fine-tuning, cv lr"]
+    assert list(slow_for(parse(["--warm-lr", "5e-5"]))) == ["fine-tuning, cv lr", "lp-ft, lr 5e-05",
+                                                             "proto-head-ft, lr 5e-05"]  # fmt: skip
