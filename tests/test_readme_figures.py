@@ -51,11 +51,6 @@ UNRECORDED_ROWS: tuple[tuple[str, int, str], ...] = (
         "recipes/configs/finetune_lpft.yaml` and save its results.json as a record",
     ),
     (
-        "LP / FT / LP-FT, trained on English intents",
-        1,
-        "measured before records existed; re-run `python benchmarks/lpft_shift.py --per-seed-json`",
-    ),
-    (
         "sine waves (Finn et al. 2017)",
         1,
         "not a measurement: a bound asserted by `python -m pytest tests/test_meta_trainer.py -k sine`",
@@ -71,12 +66,6 @@ UNRECORDED_ROWS: tuple[tuple[str, int, str], ...] = (
         2,
         "measured before records existed; re-run `hf-metatransfer lecture --config "
         "recipes/configs/lecture_self_pretraining.yaml` and save its results.json as a record",
-    ),
-    (
-        "LP, FT and LP-FT in and out of distribution: ",
-        3,
-        "measured before records existed; re-run `hf-metatransfer lecture --config "
-        "recipes/configs/lecture_lpft_shift.yaml` and save its results.json as a record",
     ),
     (
         "Surgical fine-tuning by kind of shift: ",
