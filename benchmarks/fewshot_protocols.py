@@ -43,8 +43,6 @@ import copy
 import json
 import logging
 import os
-import platform
-import sys
 import tempfile
 import time
 import warnings
@@ -59,7 +57,7 @@ import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from meta_fewshot import SetFitMethod  # noqa: E402
-from record import AT_START, package_versions  # noqa: E402
+from record import provenance  # noqa: E402
 from torch import nn  # noqa: E402
 
 from hf_metatransfer.episodes import (  # noqa: E402
@@ -454,10 +452,7 @@ def evaluate_encoder(
             "meta_train_seconds": meta_train_seconds,
             "protocol_reports": {s: str(p.report) for s, p in protocols.items()},
             "headline": headline(results), "settings": {s: rows(r) for s, r in results.items()},
-            "command": " ".join([os.path.basename(sys.executable), *sys.argv]), **AT_START,
-            "versions": package_versions(PACKAGES), "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(), "os_cpu_count": os.cpu_count(),
-            "loadavg_start": [round(x, 2) for x in load_start], "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+            **provenance(PACKAGES), "loadavg_start": [round(x, 2) for x in load_start],
             "wall_seconds": round(time.perf_counter() - wall, 1), "complete": complete,
         }  # fmt: skip
 

@@ -23,8 +23,6 @@ import argparse
 import json
 import logging
 import os
-import platform
-import sys
 import time
 import warnings
 
@@ -32,7 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from record import AT_START, package_versions  # noqa: E402
+from record import provenance  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
@@ -131,11 +129,8 @@ def main(args: argparse.Namespace) -> dict:
         "test_intents": tasks.class_names("test"), "n_way": args.n_way, "k_shot": args.k_shot,
         "q_query": args.q_query, "episodes": len(episodes), "cv_episodes": n_cv, "steps": args.steps,
         f"all_{len(episodes)}_episodes": rows_all, f"first_{n_cv}_episodes": rows_cv, "cv_chosen_lrs": chosen,
-        "command": " ".join([os.path.basename(sys.executable), *sys.argv]), **AT_START,
-        "versions": package_versions(["torch", "transformers"]),
-        "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-        "os_cpu_count": os.cpu_count(), "loadavg_start": [round(x, 2) for x in load_start],
-        "loadavg_end": [round(x, 2) for x in os.getloadavg()], "wall_seconds": round(time.perf_counter() - wall, 1),
+        **provenance(), "loadavg_start": [round(x, 2) for x in load_start],
+        "wall_seconds": round(time.perf_counter() - wall, 1),
     }  # fmt: skip
     print(table(f"\n{args.n_way}-way {args.k_shot}-shot, {len(episodes)} episodes of held-out English intents "
                 "(all-MiniLM-L6-v2, frozen start)", rows_all))  # fmt: skip
