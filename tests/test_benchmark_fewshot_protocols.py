@@ -8,6 +8,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+import torch
 
 from hf_metatransfer.episodes import EpisodeCollator, TokenStore
 from hf_metatransfer.episodes.protocols import all_way_episodes
@@ -144,3 +145,24 @@ def test_without_slow_methods_the_rows_and_headlines_cover_the_frozen_and_meta_l
     assert list(slow_for(parse(["--quick"]))) == ["fine-tuning, cv lr"]
     assert list(slow_for(parse(["--warm-lr", "5e-5"]))) == ["fine-tuning, cv lr", "lp-ft, lr 5e-05",
                                                              "proto-head-ft, lr 5e-05"]  # fmt: skip
+    assert list(slow_for(parse(["--warm-lr", "5e-5", "--slow-methods", "lp-ft"]))) == ["lp-ft, lr 5e-05"]
+
+
+def test_meta_slow_runs_the_slow_methods_from_the_meta_learned_encoder_too():
+    episodes, collate = tiny_setting(draws=2)
+    order = fewshot_protocols.interleaved(episodes, 2)
+    frozen, meta_learned = tiny_mean_pool(n_way=3), tiny_mean_pool(n_way=3)
+    with torch.no_grad():  # a different encoder: its LP-FT must differ from the frozen one's
+        for p in meta_learned.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    before = {k: v.clone() for k, v in meta_learned.state_dict().items()}
+    lp_ft = {"lp-ft": FineTune(steps=2, lr=1e-3, lp_ft=True)}
+    results = fewshot_protocols.run_setting(
+        order, collate, fewshot_protocols.episode_texts(episodes.dataset, "text"), frozen,
+        {"meta": (meta_learned, ProtoNets())}, lp_ft, {}, slow_episodes=3, slow_seconds=None, meta_slow=True,
+    )  # fmt: skip
+    assert list(results)[-2:] == ["lp-ft", "meta + lp-ft"]
+    assert results["meta + lp-ft"].episodes == results["lp-ft"].episodes == 3
+    assert results["meta + lp-ft"].per_episode != results["lp-ft"].per_episode
+    after = dict(meta_learned.state_dict())
+    assert all(torch.equal(after[k], v) for k, v in before.items())  # tuned copies: the encoder did not move
