@@ -58,7 +58,6 @@ import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from meta_fewshot import SetFitMethod  # noqa: E402
-from record import provenance  # noqa: E402
 from torch import nn  # noqa: E402
 
 from hf_metatransfer.episodes import (  # noqa: E402
@@ -78,6 +77,7 @@ from hf_metatransfer.meta import (  # noqa: E402
     confidence_interval,
     meta_test,
 )
+from hf_metatransfer.provenance import provenance  # noqa: E402
 from hf_metatransfer.stats import mean_interval, paired_difference  # noqa: E402
 
 TRAIN_LANGS = ["en", "es", "it", "nl", "pl", "pt", "sv"]

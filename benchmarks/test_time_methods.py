@@ -30,7 +30,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from record import provenance  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
@@ -46,6 +45,7 @@ from hf_metatransfer.meta import (  # noqa: E402
     meta_test,
 )
 from hf_metatransfer.pooling import MeanPoolBertForSequenceClassification  # noqa: E402
+from hf_metatransfer.provenance import provenance  # noqa: E402
 from hf_metatransfer.stats import mean_interval, paired_difference  # noqa: E402
 
 BASELINE = "linear-probe"

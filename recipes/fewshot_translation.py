@@ -21,7 +21,6 @@ carries those differences ("verdicts").
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -42,6 +41,7 @@ from hf_metatransfer.episodes import (
 )
 from hf_metatransfer.hub.cards import Result, hub_id
 from hf_metatransfer.meta import MetaTrainer, MetaTrainingConfig
+from hf_metatransfer.provenance import write_results
 from hf_metatransfer.translation import (
     BASELINES,
     CopySource,
@@ -298,8 +298,7 @@ def main(args: TranslationArguments, config: MetaTrainingConfig) -> dict:
 
     verdicts = verdicts_by_k(results, baselines)
     summary = summarise(args, config, results, meta_seconds, baselines, verdicts)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    write_results(out, summary)
     print(table(results, baselines, verdicts))
     plot = out / "chrf_vs_shots.png"
     if plot_results({**baselines, **results}, plot):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import codecs
 import glob
-import json
 import logging
 import os
 import sys
@@ -37,6 +36,7 @@ from hf_metatransfer.cli_args import arguments_as_run, parse_args
 from hf_metatransfer.conventions import EMBEDDED, EMBEDDED_MULTILINGUAL, resolve_model
 from hf_metatransfer.finetune import FineTuningConfig, FineTuningTrainer
 from hf_metatransfer.metrics import compute_metrics_fn
+from hf_metatransfer.provenance import write_results
 
 logger = logging.getLogger("hf_metatransfer.finetune")
 
@@ -503,10 +503,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: FineTunin
         results["linear_probe"] = dict(trainer.linear_probe_info, test_accuracy=probe_test["test_accuracy"])
     trainer.save_model()
     if trainer.is_world_process_zero():
-        out = Path(config.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
         strategy = {k: v for k, v in asdict(config).items() if k in FineTuningConfig.strategy_fields()}
-        (out / "results.json").write_text(json.dumps({"results": results, "strategies": strategy}, indent=2))
+        write_results(config.output_dir, {"results": results, "strategies": strategy})
         print_table(results)
     if config.push_to_hub:
         trainer.push_to_hub()

@@ -54,8 +54,8 @@ from hf_metatransfer.experiments import (  # noqa: E402
     sizes_table,
     surgical_table,
     tiny_k_table,
-    write_results,
 )
+from hf_metatransfer.provenance import write_results  # noqa: E402
 from hf_metatransfer.recipes.finetune import ModelArguments  # noqa: E402
 from hf_metatransfer.recipes.meta_train import resolve_model  # noqa: E402
 

@@ -20,7 +20,6 @@ reads. They are tokenised with the model's tokenizer and input prefix; N and K i
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -34,6 +33,7 @@ from hf_metatransfer.cli_args import parse_args
 from hf_metatransfer.episodes import UserEpisodes, episodes_from_dataset, user_episodes, verify_episodes
 from hf_metatransfer.episodes.user import load_episode_dataset
 from hf_metatransfer.meta import MetaTrainingConfig, build_algorithm, load_algorithm_state
+from hf_metatransfer.provenance import write_results
 from hf_metatransfer.recipes.finetune import EMBEDDED, ModelArguments
 from hf_metatransfer.recipes.meta_train import (
     EpisodeArguments,
@@ -148,7 +148,7 @@ def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingC
                                    list(episodes), setup.collate, ep, out)  # fmt: skip
     results = {"episodes": described, "algorithm": config.algorithm_kwargs() | {"algorithm": config.algorithm},
                "source": test.user_episodes or test.episodes, "meta_test": [asdict(r) for r in rows]}  # fmt: skip
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_results(out, results)
     return results
 
 

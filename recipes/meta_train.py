@@ -13,7 +13,6 @@ test intents nor the test languages. ``--model_name_or_path embedded-multilingua
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -46,6 +45,7 @@ from hf_metatransfer.meta import (
     meta_test,
 )
 from hf_metatransfer.pooling import MeanPoolBertForSequenceClassification
+from hf_metatransfer.provenance import write_results
 from hf_metatransfer.recipes.finetune import EMBEDDED_MULTILINGUAL, ModelArguments
 
 logger = logging.getLogger("hf_metatransfer.meta_train")
@@ -298,7 +298,7 @@ def main(model_args: ModelArguments, ep: EpisodeArguments, config: MetaTrainingC
                                        setup.load_model(model_args, ep.n_way, config.seed), test_episodes, setup.collate, ep,
                                        out)  # fmt: skip
         results["meta_test"] = [asdict(r) for r in rows]
-        (out / "results.json").write_text(json.dumps(results, indent=2))
+        write_results(out, results)
         adapted = save_adapted(out, model, trainer.algorithm, test_episodes[: ep.adapted_episodes],
                                setup.collate)  # fmt: skip
         episodes_repo = f"{trainer.hub_model_id}-episodes" if config.push_to_hub else None

@@ -238,7 +238,8 @@ def test_meta_test_recipe_scores_a_jsonl_of_user_episodes(tmp_path, tiny_checkpo
     assert "3-way 2-shot, 3 test episodes" in printed and "accuracy (%) +- 95% CI |" in printed
     assert "| nearest-centroid |" in printed and (out / "meta_test.png").exists()
     saved = json.loads((out / "results.json").read_text())
-    assert saved == json.loads(json.dumps(results)) and saved["source"] == path
+    assert {k: saved[k] for k in results} == json.loads(json.dumps(results)) and saved["source"] == path
+    assert saved["command"] and "versions" in saved  # the results keep their provenance
     assert saved["episodes"]["n_way"] == [2, 3] and saved["episodes"]["k_shot"] == [2]
     assert [r["method"] for r in saved["meta_test"]] == [f"protonets ({tiny_checkpoint})", "nearest-centroid"]
     # the baseline scored exactly what the one-call route scores with the checkpoint's tokenizer (max_length 32)

@@ -1,6 +1,6 @@
 """The lecture's experiments (issue 6) as library code: each runs on any model and data, the recipe on real ones."""
 
-from .common import cpu_threads, markdown_table, mean_ci, paired, write_results
+from .common import cpu_threads, markdown_table, mean_ci, paired
 from .lpft_shift import (
     LpftShiftArguments,
     lpft_model_loader,
@@ -41,5 +41,4 @@ __all__ = [
     "sizes_table",
     "surgical_table",
     "tiny_k_table",
-    "write_results",
 ]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,7 +13,7 @@ from ..stats import confidence_interval as mean_ci
 from ..stats import paired_difference
 
 # mean_ci: the experiments' name for the library's Student-t interval (hf_metatransfer.stats)
-__all__ = ["cpu_threads", "markdown_table", "mean_ci", "paired", "pct", "write_results"]
+__all__ = ["cpu_threads", "markdown_table", "mean_ci", "paired", "pct"]
 
 
 @contextlib.contextmanager
@@ -47,12 +45,3 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def write_results(output_dir: str | Path, results: dict[str, Any]) -> Path:
-    """``results.json`` in ``output_dir`` (created): the machine-readable record of a run."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "results.json"
-    path.write_text(json.dumps(results, indent=2))
-    return path
