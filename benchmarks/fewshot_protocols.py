@@ -34,7 +34,7 @@ the episodes both methods saw.
 for having been scored on easier episodes), the reference itself left out. Prints a table a setting, then one
 JSON line: each headline (``allway5_mono_best_minus_linear_probe``...) a dict keyed by encoder, and the rows.
 A record an encoder goes to ``--record-dir``/fewshot_protocols_<e5|minilm>_cpu.json (not with ``--quick`` unless
-``--record-dir`` is given).
+``--record-dir`` is given); ``--plot-dir`` draws accuracy against K, a plot a setting kind.
 """
 
 from __future__ import annotations
@@ -488,6 +488,26 @@ def evaluate_encoder(
     return record(results, complete=True), results
 
 
+def plot_shots(results: dict[str, dict[str, MetaTestResult]], folder: str | Path, short: str) -> list[Path]:
+    """Accuracy against K, a line a method (95% CI bars), one plot a setting kind (mono, cross) that ran at two K
+    or more: ``<folder>/fewshot_protocols_<short>_<kind>.png``; the plots written."""
+    from hf_metatransfer.hub.plots import accuracy_vs_shots
+
+    written = []
+    for kind in ("mono", "cross"):
+        points = []
+        for setting, methods in results.items():
+            if setting.startswith("allway") and setting.endswith(f"_{kind}"):
+                k = int(setting.removeprefix("allway").removesuffix(f"_{kind}"))
+                for name, r in methods.items():
+                    acc = mean_interval(r.per_episode)
+                    points.append((name, k, 100 * acc.mean, 100 * acc.low, 100 * acc.high))
+        path = Path(folder) / f"fewshot_protocols_{short}_{kind}.png"
+        if accuracy_vs_shots(points, path, ylabel=f"accuracy (%), all-way, {kind}"):
+            written.append(path)
+    return written
+
+
 def record_path(args: argparse.Namespace, short: str) -> Path:
     suffix = f"_{args.record_suffix}" if args.record_suffix else ""
     return Path(args.record_dir) / f"fewshot_protocols_{short}{suffix}_cpu.json"
@@ -518,9 +538,12 @@ def main(args: argparse.Namespace) -> dict:
     for encoder in args.encoders:
         short = ENCODERS[encoder]
         print(f"\nEncoder {encoder}: {ENCODER_NOTES[short]}")
-        record, _ = evaluate_encoder(args, encoder)
+        record, results = evaluate_encoder(args, encoder)
         out["encoder_notes"][short], out["rows"][short] = ENCODER_NOTES[short], record["settings"]
         headlines[short] = record["headline"]
+        if args.plot_dir:
+            for plot in plot_shots(results, args.plot_dir, short):
+                print(f"plot: {plot}")
         if args.record_dir:
             target = record_path(args, short)
             write_json(target, record)
@@ -583,6 +606,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--record-dir", help="Default benchmarks/results (none with --quick).")
     p.add_argument("--record-suffix", help="fewshot_protocols_<encoder>_<suffix>_cpu.json: runs of some settings "
                    "side by side (one process each) write records of their own.")  # fmt: skip
+    p.add_argument(
+        "--plot-dir", help="Write accuracy-against-K plots (two K or more) here, e.g. docs/images."
+    )
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default).")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--seed", type=int, default=0)

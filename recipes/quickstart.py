@@ -1,6 +1,6 @@
 """``hf-metatransfer quickstart``: meta-train, meta-test against the baselines, plot, card, on an offline default.
 
-    hf-metatransfer quickstart                          # about 7 minutes on 2 CPU cores, no network
+    hf-metatransfer quickstart                          # about 4 minutes on 2 idle CPU cores, no network
     hf-metatransfer quickstart --push_to_hub --hub_model_id you/minilm-protonets-intents
 
 It is the meta-train recipe with ``configs/quickstart.yaml`` (held-out intents in held-out languages); any of that

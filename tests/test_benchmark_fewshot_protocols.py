@@ -166,3 +166,15 @@ def test_meta_slow_runs_the_slow_methods_from_the_meta_learned_encoder_too():
     assert results["meta + lp-ft"].per_episode != results["lp-ft"].per_episode
     after = dict(meta_learned.state_dict())
     assert all(torch.equal(after[k], v) for k, v in before.items())  # tuned copies: the encoder did not move
+
+
+def test_accuracy_against_k_is_plotted_a_setting_kind_run_at_two_k(tmp_path):
+    pytest.importorskip("matplotlib")
+    results = {
+        "allway1_mono": {"linear-probe": result("linear-probe", [0.5, 0.6])},
+        "allway5_mono": {"linear-probe": result("linear-probe", [0.8, 0.9])},
+        "allway5_cross": {"linear-probe": result("linear-probe", [0.7, 0.8])},  # one K: no plot
+        "ood_allway5": {"linear-probe": result("linear-probe", [0.4, 0.5])},
+    }
+    written = fewshot_protocols.plot_shots(results, tmp_path, "e5")
+    assert written == [tmp_path / "fewshot_protocols_e5_mono.png"] and written[0].stat().st_size > 0
