@@ -73,12 +73,6 @@ UNRECORDED_ROWS: tuple[tuple[str, int, str], ...] = (
         "measured before records existed; re-run `hf-metatransfer lecture --config "
         "recipes/configs/lecture_surgical_shift.yaml` and save its results.json as a record",
     ),
-    (
-        "Transfer against meta-learning at tiny K: ",
-        5,
-        "measured before records existed; re-run `hf-metatransfer lecture --config "
-        "recipes/configs/lecture_tiny_k.yaml` and save its results.json as a record",
-    ),
 )
 
 # Phrases of backed rows whose numbers are not measurements, each with why; not checked.
