@@ -56,12 +56,6 @@ UNRECORDED_ROWS: tuple[tuple[str, int, str], ...] = (
         "not a measurement: a bound asserted by `python -m pytest tests/test_meta_trainer.py -k sine`",
     ),
     (
-        "Pre-trained against from scratch across training-set sizes: ",
-        2,
-        "measured before records existed; re-run `hf-metatransfer lecture --config "
-        "recipes/configs/lecture_pretrained_vs_scratch.yaml` and save its results.json as a record",
-    ),
-    (
         "Self-pre-training: ",
         2,
         "measured before records existed; re-run `hf-metatransfer lecture --config "
