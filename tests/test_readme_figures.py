@@ -45,27 +45,9 @@ README = ROOT / "README.md"
 # links a record fails the test (remove it here), and so does a new row without a record.
 UNRECORDED_ROWS: tuple[tuple[str, int, str], ...] = (
     (
-        "finetune recipe, 32 English intents",
-        1,
-        "measured before records existed; re-run `hf-metatransfer finetune --config "
-        "recipes/configs/finetune_lpft.yaml` and save its results.json as a record",
-    ),
-    (
         "sine waves (Finn et al. 2017)",
         1,
         "not a measurement: a bound asserted by `python -m pytest tests/test_meta_trainer.py -k sine`",
-    ),
-    (
-        "Self-pre-training: ",
-        2,
-        "measured before records existed; re-run `hf-metatransfer lecture --config "
-        "recipes/configs/lecture_self_pretraining.yaml` and save its results.json as a record",
-    ),
-    (
-        "Surgical fine-tuning by kind of shift: ",
-        7,
-        "measured before records existed; re-run `hf-metatransfer lecture --config "
-        "recipes/configs/lecture_surgical_shift.yaml` and save its results.json as a record",
     ),
 )
 
