@@ -63,7 +63,9 @@ from torch import nn  # noqa: E402
 from hf_metatransfer.episodes import (  # noqa: E402
     Episode,
     EpisodeCollator,
+    EpisodeSampler,
     MixedSampler,
+    TaskCollection,
     TokenStore,
     tokenize_dataset,
 )
@@ -347,6 +349,18 @@ def episode_texts(dataset: datasets.Dataset, text_column: str) -> EpisodeTexts:
 
 
 # -- one encoder ---------------------------------------------------------------------------------------------------
+def meta_training_sampler(
+    tasks: TaskCollection, modes: Sequence[str], args: argparse.Namespace
+) -> EpisodeSampler | MixedSampler:
+    """Meta-training episodes of the train split: ``--meta-ways``-way ``--meta-shots``-shot, one mode, or the modes
+    taking turns. More ways than the test episodes' is Snell et al. (2017)'s choice for ProtoNets."""
+    samplers = [
+        tasks.sampler("train", args.meta_ways, args.meta_shots, args.q_query, mode=mode, seed=args.seed)
+        for mode in modes
+    ]
+    return samplers[0] if len(samplers) == 1 else MixedSampler(samplers)
+
+
 def evaluate_encoder(
     args: argparse.Namespace, encoder: str
 ) -> tuple[dict, dict[str, dict[str, MetaTestResult]]]:
@@ -436,16 +450,14 @@ def evaluate_encoder(
                 seed=args.seed, disable_tqdm=not args.progress,
             )  # fmt: skip
             model = load()
-            samplers = [
-                tasks.sampler("train", 5, 5, args.q_query, mode=modes[k], seed=args.seed) for k in plan
-            ]
-            train = samplers[0] if len(samplers) == 1 else MixedSampler(samplers)
+            train = meta_training_sampler(tasks, [modes[k] for k in plan], args)
             start = time.perf_counter()
             trainer = MetaTrainer(model, config, train, collate_for(tasks.dataset, "text"))
             trainer.train()
             pull = f", anchor pull {args.anchor_pull:g}" if args.anchor_pull else ""
             name = (
-                f"protonets (meta-learned, {' + '.join(modes[k] for k in plan)} 5-way 5-shot episodes{pull})"
+                f"protonets (meta-learned, {' + '.join(modes[k] for k in plan)} "
+                f"{args.meta_ways}-way {args.meta_shots}-shot episodes{pull})"
             )
             meta_train_seconds[name] = round(time.perf_counter() - start, 1)
             for kind in plan:
@@ -460,7 +472,8 @@ def evaluate_encoder(
             "draws": args.draws, "slow_episodes": args.slow_episodes, "slow_seconds": args.slow_seconds,
             "out_of_domain": ood_name, "meta_model": args.meta_model, "meta_steps": 0 if args.meta_model else args.meta_steps,
             "meta_mix": args.meta_mix, "anchor_pull": args.anchor_pull, "meta_slow": args.meta_slow,
-            "outer_lr": args.outer_lr, "meta_batch_size": args.meta_batch_size,
+            "outer_lr": args.outer_lr, "meta_batch_size": args.meta_batch_size, "meta_ways": args.meta_ways,
+            "meta_shots": args.meta_shots,
             "meta_train_seconds": meta_train_seconds,
             "protocol_reports": {s: str(p.report) for s, p in protocols.items()},
             "headline": headline(results), "settings": {s: rows(r) for s, r in results.items()},
@@ -591,6 +604,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--anchor-pull", type=float, default=0.0, help="MetaTrainingConfig.anchor_pull: the fraction "
                    "of the way back to the pretrained weights after every meta-step (0: off).")  # fmt: skip
     p.add_argument("--meta-batch-size", type=int, default=4)
+    p.add_argument(
+        "--meta-ways", type=int, default=5, help="N of the meta-training episodes (the test's are all-way)."
+    )
+    p.add_argument("--meta-shots", type=int, default=5, help="K of the meta-training episodes.")
     p.add_argument("--outer-lr", type=float, default=2e-5)
     p.add_argument("--meta-model", help="A folder MetaTrainer saved: scored instead of meta-training one.")
     p.add_argument("--meta-output-dir", help="Keep the meta-learned models here (<dir>/mono, /cross, /mono_cross; "

@@ -3,6 +3,7 @@ same all-way episodes, paired differences over the episodes both methods saw, an
 
 import importlib.util
 import sys
+import warnings
 from pathlib import Path
 
 import datasets
@@ -178,3 +179,22 @@ def test_accuracy_against_k_is_plotted_a_setting_kind_run_at_two_k(tmp_path):
     }
     written = fewshot_protocols.plot_shots(results, tmp_path, "e5")
     assert written == [tmp_path / "fewshot_protocols_e5_mono.png"] and written[0].stat().st_size > 0
+
+
+@pytest.mark.parametrize("modes", [["monolingual"], ["cross-lingual"], ["monolingual", "cross-lingual"]])
+def test_meta_training_episodes_have_the_ways_and_shots_asked_for(tmp_path, modes):
+    from hf_metatransfer.episodes import ha_intents_tasks
+
+    tasks = ha_intents_tasks(["eu", "ru", "uk"], seed=0, language_split={"train": ["ru", "uk"], "test": ["eu"]},
+                             cap_per_intent=20, cache_dir=str(tmp_path))  # fmt: skip
+    args = fewshot_protocols.parse(["--meta-ways", "12", "--meta-shots", "3", "--q-query", "2"])
+    with warnings.catch_warnings():  # the tiny cap leaves some intents short of K + Q: the sampler warns
+        warnings.simplefilter("ignore")
+        episodes = fewshot_protocols.meta_training_sampler(tasks, modes, args).batch(range(4))
+    train_classes = set(tasks.class_names("train"))
+    for episode in episodes:
+        assert len(episode.classes) == 12 and set(episode.class_names) <= train_classes
+        assert np.bincount(episode.support_labels).tolist() == [3] * 12
+        assert np.bincount(episode.query_labels).tolist() == [2] * 12
+        cross = modes[episode.episode_id % len(modes)] == "cross-lingual"  # the modes take turns
+        assert (episode.support_lang != episode.query_lang) == cross
