@@ -69,7 +69,7 @@ def accuracy_vs_shots(
         series[name].append((shots, mean, low, high))
     if not any(len({p[0] for p in pts}) >= 2 for pts in series.values()):
         return False
-    fig = figure()
+    fig = figure((6, 3.6 + 0.25 * len(series)))  # room for the legend below
     if fig is None:
         return False
     ax = fig.add_subplot()
@@ -82,9 +82,13 @@ def accuracy_vs_shots(
         ]
         ax.errorbar(shots, means, yerr=errors, marker="o", capsize=3, label=name)
     ax.set_xscale("log", base=2)
+    ticks = sorted({p[0] for pts in series.values() for p in pts})  # the K measured, as plain numbers
+    ax.set_xticks(ticks, [str(k) for k in ticks])
+    ax.minorticks_off()
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend(loc="best", fontsize="small")
+    # below the axes: long method names would hide the lines
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize="small")
     fig.savefig(path)
     return True
 
