@@ -182,12 +182,18 @@ def test_accuracy_against_k_is_plotted_a_setting_kind_run_at_two_k(tmp_path):
     assert written == [tmp_path / "fewshot_protocols_e5_mono.png"] and written[0].stat().st_size > 0
 
 
-@pytest.mark.parametrize("modes", [["monolingual"], ["cross-lingual"], ["monolingual", "cross-lingual"]])
-def test_meta_training_episodes_have_the_ways_and_shots_asked_for(tmp_path, modes):
+@pytest.fixture(scope="module")
+def intent_tasks(tmp_path_factory):
+    """Intents in two train languages and one test language, built once for the module (a few seconds)."""
     from hf_metatransfer.episodes import ha_intents_tasks
 
-    tasks = ha_intents_tasks(["eu", "ru", "uk"], seed=0, language_split={"train": ["ru", "uk"], "test": ["eu"]},
-                             cap_per_intent=20, cache_dir=str(tmp_path))  # fmt: skip
+    return ha_intents_tasks(["eu", "ru", "uk"], seed=0, language_split={"train": ["ru", "uk"], "test": ["eu"]},
+                            cap_per_intent=20, cache_dir=str(tmp_path_factory.mktemp("ha_intents")))  # fmt: skip
+
+
+@pytest.mark.parametrize("modes", [["monolingual"], ["cross-lingual"], ["monolingual", "cross-lingual"]])
+def test_meta_training_episodes_have_the_ways_and_shots_asked_for(intent_tasks, modes):
+    tasks = intent_tasks
     args = fewshot_protocols.parse(["--meta-ways", "12", "--meta-shots", "3", "--q-query", "2"])
     with warnings.catch_warnings():  # the tiny cap leaves some intents short of K + Q: the sampler warns
         warnings.simplefilter("ignore")
