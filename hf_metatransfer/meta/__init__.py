@@ -29,6 +29,7 @@ from .evaluation import (
 from .fast_weights import FAST_WEIGHTS, fast_weight_names
 from .prototypes import add_class, remove_class
 from .trainer import MetaTrainer, MetaTrainerState, load_algorithm_state
+from .transductive import TransductivePrototypes, refine_prototypes, select_transduction
 
 __all__ = [
     "ALGORITHMS",
@@ -51,6 +52,7 @@ __all__ = [
     "Reptile",
     "SupportTuned",
     "TaskResult",
+    "TransductivePrototypes",
     "adapted_model",
     "add_class",
     "build_algorithm",
@@ -58,6 +60,8 @@ __all__ = [
     "fast_weight_names",
     "load_algorithm_state",
     "meta_test",
+    "refine_prototypes",
     "remove_class",
+    "select_transduction",
     "stratified_folds",
 ]
