@@ -28,6 +28,8 @@ the slow tensor methods (LP-FT after meta-learning). Transductive prototypes (``
 shift and soft k-means over the episode's unlabelled queries) on the frozen and each meta-learned encoder, their
 temperature and steps chosen per setting on all-way episodes of the meta-train intents in the train languages
 (``select_transduction``; out of domain: the monolingual K = 5 choice), recorded in ``transductive_selection``.
+``--query-dirichlet 2`` also scores each all-way setting's episodes with class-imbalanced queries
+(``dirichlet_queries``, Veilleux et al. 2021), where a method that leans on balanced batches is found out.
 The slow methods (fine-tuning, LP-FT, ProtoHeadFineTune, SetFit) run on the first ``--slow-episodes`` episodes
 within ``--slow-seconds`` each (``meta_test(max_seconds=...)``); every method is also reported on the episodes all
 methods reached (``subset``), and each paired Student-t difference (vs the linear probe, vs SetFit-default) is over
@@ -72,7 +74,7 @@ from hf_metatransfer.episodes import (  # noqa: E402
     TokenStore,
     tokenize_dataset,
 )
-from hf_metatransfer.episodes.protocols import all_way_episodes  # noqa: E402
+from hf_metatransfer.episodes.protocols import all_way_episodes, dirichlet_queries  # noqa: E402
 from hf_metatransfer.meta import (  # noqa: E402
     FineTune,
     LinearProbe,
@@ -441,6 +443,11 @@ def evaluate_encoder(
         if "cross" in args.settings:
             protocols[f"allway{k}_cross"] = all_way_episodes(xl_tasks, support_languages=support_langs,
                                                              query_languages=args.test_langs, **common)  # fmt: skip
+    # the same episodes with imbalanced queries: the honest protocol for transductive methods
+    if args.query_dirichlet:
+        for setting in list(protocols):
+            protocols[f"{setting}_dirichlet"] = dirichlet_queries(protocols[setting], args.query_dirichlet,
+                                                                  seed=args.seed + 3)  # fmt: skip
     ood_name = None
     if not args.no_ood:
         ood = (
@@ -496,6 +503,7 @@ def evaluate_encoder(
             "draws": args.draws, "slow_episodes": args.slow_episodes, "slow_seconds": args.slow_seconds,
             "out_of_domain": ood_name, "meta_model": args.meta_model, "meta_steps": 0 if args.meta_model else args.meta_steps,
             "meta_mix": args.meta_mix, "anchor_pull": args.anchor_pull, "meta_slow": args.meta_slow,
+            "query_dirichlet": args.query_dirichlet,
             "outer_lr": args.outer_lr, "meta_batch_size": args.meta_batch_size, "meta_ways": args.meta_ways,
             "meta_shots": args.meta_shots,
             "meta_train_seconds": meta_train_seconds,
@@ -532,17 +540,18 @@ def evaluate_encoder(
         return selections[key]["method"]
 
     for setting, episodes in protocols.items():
-        kind = "cross" if setting.endswith("cross") else "mono"  # out of domain: the monolingual learner
+        kind = "cross" if "_cross" in setting else "mono"  # out of domain: the monolingual learner
         k = int(setting.removeprefix("allway").split("_")[0]) if setting.startswith("allway") else 5
         order = interleaved(episodes, args.ood_draws if setting.startswith("ood") else args.draws)
-        setfits = {} if args.no_setfit or args.no_slow else {
+        slow = not (args.no_slow or setting.endswith("_dirichlet"))  # imbalanced queries: the cheap methods
+        setfits = {} if args.no_setfit or not slow else {
             SETFIT_DEFAULT: SetFitDefault(path, prefix, args.max_length, None, 1, 16, args.seed),
             "setfit-5-iterations": SetFitMethod(path, prefix, args.max_length, 5, 1, 16, args.seed),
         }  # fmt: skip
         results[setting] = run_setting(
             order, collate_for(episodes.dataset, episodes.text_column),
             episode_texts(episodes.dataset, episodes.text_column), frozen, meta[kind],
-            slow_for(args), setfits, args.slow_episodes, args.slow_seconds, args.progress, args.meta_slow,
+            slow_for(args) if slow else {}, setfits, args.slow_episodes, args.slow_seconds, args.progress, args.meta_slow,
             transduction(kind, k),
         )  # fmt: skip
         print(table(f"\n{setting} ({short}; {episodes.report}; subset = episodes every method reached)",
@@ -666,6 +675,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-transductive", action="store_true", help="Leave out transductive prototypes.")
     p.add_argument("--transductive-draws", type=int, default=3, help="All-way episodes a train language (pair) "
                    "on which transductive prototypes choose their temperature and steps.")  # fmt: skip
+    p.add_argument("--query-dirichlet", type=float, metavar="ALPHA", help="Also score every all-way setting with "
+                   "class-imbalanced queries (dirichlet_queries: proportions ~ Dirichlet(ALPHA), Veilleux et al. use "
+                   "2), settings <name>_dirichlet, frozen and meta-learned methods only.")  # fmt: skip
     p.add_argument("--no-setfit", action="store_true")
     p.add_argument("--no-slow", action="store_true", help="Only the frozen and meta-learned methods (no fine-tuning, "
                    "LP-FT, proto-head FT or SetFit): minutes, for comparing meta-training choices.")  # fmt: skip

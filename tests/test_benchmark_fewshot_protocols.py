@@ -175,6 +175,7 @@ def test_transductive_prototypes_run_on_the_frozen_and_every_meta_learned_encode
     assert results["meta + transductive prototypes"].per_episode == expected.per_episode
     parse = fewshot_protocols.parse
     assert parse([]).transductive_draws == 3 and parse(["--no-transductive"]).no_transductive
+    assert parse([]).query_dirichlet is None and parse(["--query-dirichlet", "2"]).query_dirichlet == 2.0
 
 
 def test_meta_slow_runs_the_slow_methods_from_the_meta_learned_encoder_too():

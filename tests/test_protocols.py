@@ -21,6 +21,7 @@ from hf_metatransfer.episodes import (
     ProtocolEpisodes,
     TokenStore,
     all_way_episodes,
+    dirichlet_queries,
     episodes_from_dataset,
     episodes_to_dataset,
     fixed_shot_episodes,
@@ -260,3 +261,36 @@ def test_user_pairs_score_after_tokenizing_without_a_collate():
         T.BertModel(cfg), NearestCentroid(), eps.tokenized(tokenizer, prefix=""), progress=False
     )
     assert result.episodes == 3
+
+
+def test_dirichlet_queries_keep_an_imbalanced_subset_of_each_episodes_queries(token_builder):
+    balanced = all_way_episodes(token_builder, k_shot=2, q_query=8, draws=20, seed=0, text_column=None)
+    skewed = dirichlet_queries(balanced, alpha=0.5, seed=3)
+    near_even = dirichlet_queries(balanced, alpha=1000.0, seed=3)
+    assert skewed.dataset is balanced.dataset and "Dirichlet(0.5) queries" in skewed.report.protocol
+    spread = {}
+    for name, eps in (("skewed", skewed), ("near_even", near_even)):
+        per_class = []
+        for before, after in zip(balanced, eps):
+            assert np.array_equal(after.support, before.support)  # the support is untouched
+            kept = dict(zip(before.query.tolist(), before.query_labels.tolist()))
+            assert all(kept[row] == label for row, label in zip(after.query, after.query_labels))
+            assert len(after.query) <= len(before.query) // 2 and len(set(after.query.tolist())) == len(
+                after.query
+            )
+            per_class.append(np.bincount(after.query_labels, minlength=after.n_way))
+        spread[name] = float(np.mean([c.std() for c in per_class]))
+        if name == "near_even":  # no class capped: exactly half the queries, about evenly split
+            assert all(c.sum() == 40 and c.max() - c.min() <= 1 for c in per_class)
+    assert spread["skewed"] > 3 * spread["near_even"]
+    again = dirichlet_queries(balanced, alpha=0.5, seed=3)
+    assert all(np.array_equal(a.query, b.query) for a, b in zip(skewed, again))  # seeded
+    other = dirichlet_queries(balanced, alpha=0.5, seed=4)
+    assert any(not np.array_equal(a.query, b.query) for a, b in zip(skewed, other))
+
+
+@pytest.mark.parametrize("kwargs", [{"alpha": 0.0}, {"fraction": 0.0}, {"fraction": 1.5}])
+def test_dirichlet_queries_refuse_bad_settings_with_the_reason(token_builder, kwargs):
+    balanced = all_way_episodes(token_builder, k_shot=2, q_query=4, draws=1, text_column=None)
+    with pytest.raises(ValueError, match="alpha|fraction"):
+        dirichlet_queries(balanced, **kwargs)

@@ -11,6 +11,7 @@ from .protocols import (
     ProtocolEpisodes,
     ProtocolReport,
     all_way_episodes,
+    dirichlet_queries,
     fixed_shot_episodes,
     generalized_episodes,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "ProtocolEpisodes",
     "ProtocolReport",
     "all_way_episodes",
+    "dirichlet_queries",
     "fixed_shot_episodes",
     "generalized_episodes",
     "ha_intents_tasks",

@@ -15,6 +15,9 @@ are, each drawn seeded (a draw is a pure function of the seed, its language pair
   a seeded cap of it) as the queries, identical in every draw, so per-draw scores pair across methods. MTEB then
   fits a logistic regression: score these with ``LinearProbe`` for that.
 
+:func:`dirichlet_queries` turns any of them into episodes with class-imbalanced query sets (Veilleux et al. 2021),
+the protocol that keeps transductive methods (which see the whole query batch) honest.
+
 Each returns :class:`ProtocolEpisodes`: a sequence of episodes (``meta_test`` scores it with an
 ``EpisodeCollator`` over ``.dataset``, or as it is after ``.tokenized(tokenizer)``; ``episodes_to_dataset`` saves
 it), the dataset its rows index, and a :class:`ProtocolReport` of the classes left out, also logged in one line.
@@ -30,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, overload
 
 import datasets
@@ -664,3 +667,38 @@ def fixed_shot_episodes(
                 class_names=tuple(source.name(c) for c in labels),
             ))  # fmt: skip
     return _finish(report, episodes, source)
+
+
+# -- imbalanced queries -------------------------------------------------------------------------------------------
+def dirichlet_queries(
+    episodes: ProtocolEpisodes, alpha: float = 2.0, seed: int = 0, fraction: float = 0.5
+) -> ProtocolEpisodes:
+    """The episodes with class-imbalanced query sets: the realistic protocol for transductive methods (Veilleux et
+    al. 2021, "Realistic evaluation of transductive few-shot learning": class proportions ~ Dirichlet(alpha 1),
+    alpha = 2 there). Balanced queries tell a transductive method the label marginals; deployed batches are not
+    balanced. Inductive methods score the same in expectation; methods that lean on the batch's balance do not.
+
+    Each episode keeps ``round(fraction * queries)`` queries split over its classes by proportions drawn from a
+    symmetric Dirichlet (largest-remainder rounding), each class capped at the queries it has (so the most extreme
+    draws are truncated; ``fraction`` 0.5 leaves room). The support is unchanged; the draw is a pure function of
+    ``(seed, episode_id)``.
+    """
+    if not alpha > 0:
+        raise ValueError(f"alpha={alpha}: the Dirichlet concentration is > 0 (Veilleux et al. use 2).")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction={fraction}: the share of each episode's queries to keep, in (0, 1].")
+    out = []
+    for episode in episodes:
+        n = episode.n_way
+        rng = np.random.default_rng([seed, episode.episode_id, 0xD1])
+        wanted = rng.dirichlet(np.full(n, float(alpha))) * max(1, round(fraction * len(episode.query)))
+        counts = np.floor(wanted).astype(np.int64)
+        remainder = int(round(wanted.sum())) - int(counts.sum())
+        counts[np.argsort(-(wanted - counts), kind="stable")[:remainder]] += 1
+        keep = np.concatenate([np.flatnonzero(episode.query_labels == c)[: counts[c]] for c in range(n)])
+        if len(keep) == 0:  # every drawn class had no queries of its own: keep the first query
+            keep = np.array([0])
+        keep.sort()
+        out.append(replace(episode, query=episode.query[keep], query_labels=episode.query_labels[keep]))
+    report = replace(episodes.report, protocol=f"{episodes.report.protocol}, Dirichlet({alpha:g}) queries")
+    return replace(episodes, episodes=out, report=report)
