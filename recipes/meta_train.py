@@ -41,6 +41,7 @@ from hf_metatransfer.meta import (
     MetaTrainer,
     MetaTrainingConfig,
     NearestCentroid,
+    TransductivePrototypes,
     adapted_model,
     meta_test,
 )
@@ -56,7 +57,11 @@ BASELINES = {
     "linear-probe": LinearProbe,
     "fine-tuning": lambda: FineTune(steps=20, lp_ft=False),
     "lp-ft": lambda: FineTune(steps=20, lp_ft=True),
+    "transductive-prototypes": TransductivePrototypes,
 }
+#: scored unless ``--baselines`` says otherwise; transductive prototypes read the whole query batch, so they are
+#: asked for by name (their gain assumes batches that cover the classes evenly: ``dirichlet_queries``)
+DEFAULT_BASELINES = ("nearest-centroid", "linear-probe", "fine-tuning", "lp-ft")
 
 
 @dataclass
@@ -112,8 +117,11 @@ class EpisodeArguments:
                           "all slow_baseline_episodes."},
     )  # fmt: skip
     baselines: list[str] = field(
-        default_factory=lambda: list(BASELINES),
-        metadata={"help": f"Non-meta baselines, of {list(BASELINES)}."},
+        default_factory=lambda: list(DEFAULT_BASELINES),
+        metadata={
+            "help": f"Non-meta baselines, of {list(BASELINES)} (transductive-prototypes: transductive, "
+            "scored on request)."
+        },  # fmt: skip
     )
     adapted_episodes: int = field(
         default=0,

@@ -23,6 +23,7 @@ from hf_metatransfer.meta import (
     MetaTrainer,
     MetaTrainingConfig,
     NearestCentroid,
+    TransductivePrototypes,
     build_algorithm,
     meta_test,
 )
@@ -173,8 +174,8 @@ def test_baselines_state_their_settings():
 
 def test_the_results_table_and_the_card_state_every_methods_settings(tmp_path, capsys):
     _, test, collate = token_episodes()
-    ep = EpisodeArguments(n_way=3, k_shot=2, q_query=3, baselines=["nearest-centroid", "linear-probe", "lp-ft"],
-                          slow_baseline_episodes=2)  # fmt: skip
+    ep = EpisodeArguments(n_way=3, k_shot=2, q_query=3, slow_baseline_episodes=2,
+                          baselines=["nearest-centroid", "linear-probe", "lp-ft", "transductive-prototypes"])  # fmt: skip
     algorithm = build_algorithm("fomaml", inner_steps=1, inner_lr=0.3)
     model = tiny_bert()
     algorithm.setup(model)
@@ -184,7 +185,9 @@ def test_the_results_table_and_the_card_state_every_methods_settings(tmp_path, c
     assert "| method | settings | accuracy (%) +- 95% CI |" in table
     meta = "1 inner SGD step (LR 0.3) on the support set, fast weights: all"
     assert [r.settings for r in rows] == [meta, NearestCentroid().settings, LinearProbe().settings,
-                                          FineTune(lp_ft=True).settings, meta]  # fmt: skip
+                                          FineTune(lp_ft=True).settings, TransductivePrototypes().settings,
+                                          meta]  # fmt: skip
+    assert "transductive" not in EpisodeArguments().baselines  # reads the query batch: asked for by name
     assert all(f"| {r.method} | {r.settings} |" in table for r in rows)
     tasks = tasks_from_builder(EpisodeBuilder(token_classes(), label_column="label", text_column=None),
                                class_split={"train": list(range(7)), "test": [7, 8, 9]})  # fmt: skip
