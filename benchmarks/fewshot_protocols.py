@@ -283,7 +283,7 @@ def best_minus(results: dict[str, MetaTestResult], reference: str,
 
 def rows(results: dict[str, MetaTestResult]) -> dict[str, dict]:
     """Each method: accuracy on its episodes and on those every method saw (``subset``), paired differences to the
-    linear probe and to SetFit-default, adaptation seconds an episode, its settings and per-episode scores."""
+    linear probe, nearest centroid and SetFit-default, adaptation seconds an episode, its settings and per-episode scores."""
     n = min(r.episodes for r in results.values())
     out = {}
     for name, r in results.items():
@@ -292,6 +292,7 @@ def rows(results: dict[str, MetaTestResult]) -> dict[str, dict]:
                "seconds_per_episode": round(r.seconds_per_episode, 4), "settings": r.settings}  # fmt: skip
         for reference, key in (
             (LINEAR_PROBE, "minus_linear_probe"),
+            (NEAREST_CENTROID, "minus_nearest_centroid"),
             (SETFIT_DEFAULT, "minus_setfit_default"),
         ):
             if reference in results and name != reference:
@@ -302,7 +303,8 @@ def rows(results: dict[str, MetaTestResult]) -> dict[str, dict]:
 
 
 def headline(settings: dict[str, dict[str, MetaTestResult]]) -> dict:
-    """The issue's figures for one encoder (None where the setting or method was not run)."""
+    """The issue's figures for one encoder (None where the setting or method was not run); with imbalanced queries
+    (``--query-dirichlet``) also the two comparisons of the frozen references under them."""
     mono, cross, ood = (settings.get(s, {}) for s in ("allway5_mono", "allway5_cross", "ood_allway5"))
     out = {
         "allway5_mono_best_minus_linear_probe": best_minus(mono, LINEAR_PROBE),
@@ -311,6 +313,14 @@ def headline(settings: dict[str, dict[str, MetaTestResult]]) -> dict:
         "out_of_domain_best_minus_frozen": None,
         "setfit_over_best_seconds": None,
     }
+    for setting, reference in (
+        ("allway5_mono_dirichlet", LINEAR_PROBE),
+        ("allway5_cross_dirichlet", NEAREST_CENTROID),
+    ):
+        if setting in settings:
+            out[f"{setting}_best_minus_{reference.replace('-', '_')}"] = best_minus(
+                settings[setting], reference
+            )
     frozen = best_of(ood, FROZEN)
     if frozen is not None:
         out["out_of_domain_best_minus_frozen"] = best_minus(

@@ -117,6 +117,10 @@ def test_the_best_is_chosen_on_the_episodes_every_candidate_saw():
     assert head["setfit_over_best_seconds"] == {"best": "slow", "ratio": 4.0}
     assert head["allway5_cross_best_minus_nearest_centroid"]["method"] == "slow"
     assert fewshot_protocols.best_minus(results, "missing") is None
+    imbalanced = fewshot_protocols.headline({"allway5_cross_dirichlet": results})
+    assert tuple(imbalanced) == (*HEADLINES, "allway5_cross_dirichlet_best_minus_nearest_centroid")
+    assert imbalanced["allway5_cross_dirichlet_best_minus_nearest_centroid"]["mean"] == pytest.approx(0.25)
+    assert fewshot_protocols.rows(results)["slow"]["minus_nearest_centroid"]["mean"] == pytest.approx(0.25)
 
 
 def test_out_of_domain_compares_the_best_adapted_method_with_the_best_frozen_one():
