@@ -5,7 +5,14 @@ import torch
 import transformers as T
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from hf_metatransfer.meta import FOMAML, MetaSGD, ProtoNets, adapted_model
+from hf_metatransfer.meta import (
+    FOMAML,
+    MetaSGD,
+    NearestCentroid,
+    ProtoNets,
+    TransductivePrototypes,
+    adapted_model,
+)
 from hf_metatransfer.pooling import MeanPoolBertForSequenceClassification
 from tests.test_meta_algorithms import task, tiny_bert
 
@@ -84,3 +91,10 @@ def test_protonets_adapted_model_needs_a_mean_pooled_head_with_n_way_labels():
     wrong_size = tiny_mean_pool(n_way=5)
     with pytest.raises(ValueError, match="num_labels=3"):
         adapted_model(wrong_size, algorithm, support)
+
+
+@pytest.mark.parametrize("method", [NearestCentroid(), TransductivePrototypes()])
+def test_methods_no_linear_head_reproduces_are_refused_with_the_alternative(method):
+    support, _ = task(5)
+    with pytest.raises(ValueError, match=f"{method.name} normalises.*algorithm=ProtoNets"):
+        adapted_model(tiny_mean_pool(), method, support)

@@ -38,6 +38,15 @@ def adapted_model(model: nn.Module, algorithm: MetaAlgorithm, support: Batch) ->
 
 def _adapted(model: nn.Module, algorithm: MetaAlgorithm, support: Batch) -> nn.Module:
     if isinstance(algorithm, ProtoNets):
+        if (
+            type(algorithm).query_logits is not ProtoNets.query_logits
+            or type(algorithm).embed is not ProtoNets.embed
+        ):
+            raise ValueError(
+                f"adapted_model saves prototypes as a linear head on the pooled embedding; {algorithm.name} "
+                "normalises the embeddings (or reads the query batch) first, which no linear head reproduces. "
+                "Score it with meta_test, or save a ProtoNets-adapted model (algorithm=ProtoNets())."
+            )
         return _prototype_head(model, algorithm, support)
     with torch.enable_grad():
         weights = algorithm.adapt(model, support, create_graph=False)
