@@ -100,6 +100,7 @@ def select_transduction(
     temperatures: Sequence[float] = TEMPERATURES,
     iterations: Sequence[int] = ITERATIONS,
     centre: bool = True,
+    device: torch.device | str = "cpu",
 ) -> tuple[TransductivePrototypes, dict[tuple[float, int], float]]:
     """The ``TransductivePrototypes`` of the grid with the best mean query accuracy on ``episodes`` (ties: the
     first in grid order), and every grid point's accuracy. Give episodes of classes the test never uses (the
@@ -115,11 +116,11 @@ def select_transduction(
     with torch.no_grad():
         for episode in episodes:
             batch = collate(episode)
-            s, q = (
-                method.embed(model, weights, batch["support"]),
-                method.embed(model, weights, batch["query"]),
+            support, query = (
+                {k: v.to(device) for k, v in batch[part].items()} for part in ("support", "query")
             )
-            labels, answers = batch["support"]["labels"], batch["query"]["labels"]
+            s, q = method.embed(model, weights, support), method.embed(model, weights, query)
+            labels, answers = support["labels"], query["labels"]
             for t, i in grid:
                 prototypes, centred = refine_prototypes(s, labels, q, i, t, centre)
                 correct[t, i] += ((centred @ prototypes.T).argmax(-1) == answers).float().mean().item()
