@@ -32,8 +32,8 @@ temperature and steps chosen per setting on all-way episodes of the meta-train i
 (``dirichlet_queries``, Veilleux et al. 2021), where a method that leans on balanced batches is found out.
 The slow methods (fine-tuning, LP-FT, ProtoHeadFineTune, SetFit) run on the first ``--slow-episodes`` episodes
 within ``--slow-seconds`` each (``meta_test(max_seconds=...)``); every method is also reported on the episodes all
-methods reached (``subset``), and each paired Student-t difference (vs the linear probe, vs SetFit-default) is over
-the episodes both methods saw.
+methods reached (``subset``), and each paired Student-t difference (vs the linear probe, nearest centroid and
+SetFit-default) is over the episodes both methods saw.
 
 "Best" is the method with the highest mean accuracy on the episodes every candidate saw (so a method is not picked
 for having been scored on easier episodes), the reference itself left out. Prints a table a setting, then one
