@@ -104,7 +104,12 @@ LINEAR_PROBE, NEAREST_CENTROID, SETFIT_DEFAULT = "linear-probe", "nearest-centro
 CHANCE = "chance (1/N)"
 TRANSDUCTIVE = "transductive-prototypes"
 FROZEN = (NEAREST_CENTROID, LINEAR_PROBE)
-SLOW_METHODS = ("fine-tuning", "lp-ft", "proto-head-ft")  # the names slow_methods gives, before their LR
+SLOW_METHODS = (
+    "fine-tuning",
+    "lp-ft",
+    "proto-head-ft",
+    "lp-ft-transductive",
+)  # the names slow_methods gives, before their LR
 EpisodeTexts = Callable[[Episode], tuple[list[str], list[str]]]
 
 
@@ -155,28 +160,37 @@ class PerWay:
         return self.method.predict(self.heads(int(support["labels"].max()) + 1), support, query)
 
 
-def slow_methods(steps: int, lr: float | str, warm_lr: float | str) -> dict[str, object]:
+def slow_methods(steps: int, lr: float | str, warm_lr: float | str,
+                 transductive: TransductivePrototypes | None = None) -> dict[str, object]:  # fmt: skip
     """Fresh slow tensor methods (they keep the LRs they chose, so each setting gets its own): fine-tuning at
-    ``lr``; LP-FT and ProtoHeadFineTune, whose heads start at a classifier, at ``warm_lr``."""
+    ``lr``; LP-FT and ProtoHeadFineTune, whose heads start at a classifier, at ``warm_lr``; with ``transductive``
+    also LP-FT whose queries it scores on the tuned encoder."""
 
     def suffix(value: float | str) -> str:
         return ", cv lr" if value == "cv" else f", lr {value:g}"
 
-    return {
+    methods = {
         f"fine-tuning{suffix(lr)}": FineTune(steps=steps, lr=lr),
         f"lp-ft{suffix(warm_lr)}": FineTune(steps=steps, lr=warm_lr, lp_ft=True),
         f"proto-head-ft{suffix(warm_lr)}": ProtoHeadFineTune(steps=steps, lr=warm_lr),
     }
+    if transductive is not None:
+        methods[f"lp-ft-transductive{suffix(warm_lr)}"] = FineTune(
+            steps=steps, lr=warm_lr, lp_ft=True, transductive=transductive
+        )
+    return methods
 
 
-def slow_for(args: argparse.Namespace) -> dict[str, object]:
+def slow_for(
+    args: argparse.Namespace, transductive: TransductivePrototypes | None = None
+) -> dict[str, object]:
     """The slow tensor methods a run asks for: none (``--no-slow``), fine-tuning alone (``--quick``) or those of
-    ``--slow-methods``."""
+    ``--slow-methods`` (LP-FT + transductive: with the setting's ``transductive`` choice)."""
     if args.no_slow:
         return {}
     if args.quick:
         return {"fine-tuning, cv lr": FineTune(steps=args.ft_steps, lr=args.ft_lr)}
-    methods = slow_methods(args.ft_steps, args.ft_lr, args.warm_lr)
+    methods = slow_methods(args.ft_steps, args.ft_lr, args.warm_lr, transductive)
     return {name: m for name, m in methods.items() if name.split(",")[0] in args.slow_methods}
 
 
@@ -561,8 +575,8 @@ def evaluate_encoder(
         results[setting] = run_setting(
             order, collate_for(episodes.dataset, episodes.text_column),
             episode_texts(episodes.dataset, episodes.text_column), frozen, meta[kind],
-            slow_for(args) if slow else {}, setfits, args.slow_episodes, args.slow_seconds, args.progress, args.meta_slow,
-            transduction(kind, k),
+            slow_for(args, transduction(kind, k)) if slow else {}, setfits, args.slow_episodes, args.slow_seconds,
+            args.progress, args.meta_slow, transduction(kind, k),
         )  # fmt: skip
         print(table(f"\n{setting} ({short}; {episodes.report}; subset = episodes every method reached)",
                     rows(results[setting])))  # fmt: skip
@@ -656,8 +670,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--slow-seconds", type=float, default=900.0, help="Each slow method's time budget a setting."
     )
-    p.add_argument("--slow-methods", nargs="+", choices=SLOW_METHODS, default=list(SLOW_METHODS),
-                   help="The slow tensor methods to run (SetFit: see --no-setfit).")  # fmt: skip
+    p.add_argument("--slow-methods", nargs="+", choices=SLOW_METHODS, default=list(SLOW_METHODS[:3]),
+                   help="The slow tensor methods to run (SetFit: see --no-setfit); lp-ft-transductive (LP-FT, queries "
+                   "scored by the setting's transductive prototypes on the tuned encoder) only when named.")  # fmt: skip
     p.add_argument("--meta-slow", action="store_true", help="Run the slow tensor methods also from each "
                    "meta-learned encoder (e.g. LP-FT after meta-learning), on the same episodes.")  # fmt: skip
     p.add_argument("--ft-steps", type=int, default=20)

@@ -159,6 +159,10 @@ def test_without_slow_methods_the_rows_and_headlines_cover_the_frozen_and_meta_l
     assert list(slow_for(parse(["--warm-lr", "5e-5"]))) == ["fine-tuning, cv lr", "lp-ft, lr 5e-05",
                                                              "proto-head-ft, lr 5e-05"]  # fmt: skip
     assert list(slow_for(parse(["--warm-lr", "5e-5", "--slow-methods", "lp-ft"]))) == ["lp-ft, lr 5e-05"]
+    named = parse(["--warm-lr", "5e-5", "--slow-methods", "lp-ft-transductive"])
+    assert slow_for(named) == {}  # no transductive choice for the setting: nothing to run
+    (method,) = slow_for(named, TransductivePrototypes(iterations=1)).values()
+    assert method.transductive.iterations == 1 and method.lp_ft
 
 
 def test_transductive_prototypes_run_on_the_frozen_and_every_meta_learned_encoder():

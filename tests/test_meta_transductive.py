@@ -5,7 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_metatransfer.meta import TransductivePrototypes, meta_test, refine_prototypes, select_transduction
+from hf_metatransfer.meta import (
+    FineTune,
+    TransductivePrototypes,
+    meta_test,
+    refine_prototypes,
+    select_transduction,
+)
 from tests.meta_fixtures import token_episodes
 from tests.test_meta_adapted import tiny_mean_pool
 
@@ -85,3 +91,17 @@ def test_the_chosen_grid_point_is_the_method_meta_test_scores():
 def test_bad_settings_are_refused_with_the_reason(kwargs):
     with pytest.raises(ValueError, match="iterations|temperature"):
         TransductivePrototypes(**kwargs)
+
+
+def test_fine_tuning_can_score_its_queries_with_transductive_prototypes_on_the_tuned_encoder():
+    _, test, collate = token_episodes(n_way=3, k=2, q=3)
+    batch = collate(test.batch(range(1))[0])
+    model, method = tiny_mean_pool(n_way=3), TransductivePrototypes(iterations=2, temperature=5.0)
+    untrained = FineTune(steps=0, lp_ft=True, transductive=method)  # no step: the encoder as it was
+    expected = method.predict(model, batch["support"], batch["query"])
+    assert torch.allclose(untrained.predict(model, batch["support"], batch["query"]), expected)
+    trained = FineTune(steps=3, lr=1e-2, lp_ft=True, transductive=method).predict(
+        model, batch["support"], batch["query"]
+    )
+    assert not torch.allclose(trained, expected)  # scored on the tuned encoder, not the frozen one
+    assert "lp-ft + transductive" == untrained.name and "2 soft k-means" in untrained.settings

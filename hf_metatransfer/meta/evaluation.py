@@ -201,23 +201,31 @@ class FineTune(SupportTuned):
     """Fine-tune a copy of the model on the support set (AdamW, ``steps`` full-batch steps), then predict.
 
     With ``lp_ft`` the head is first fitted by a linear probe on frozen features (LP-FT). ``lr="cv"`` or a list
-    chooses the body LR per episode (see ``SupportTuned``).
+    chooses the body LR per episode (see ``SupportTuned``). ``transductive`` (a ``TransductivePrototypes``): the
+    queries are scored by it on the tuned encoder instead of by the trained head (transductive: it reads the query
+    batch).
     """
 
     def __init__(self, steps: int = 20, lr: float | str | Sequence[float] = 5e-5, head_lr: float = 1e-2,
-                 lp_ft: bool = False, probe_C: float = 1.0, cv_folds: int = 2,
-                 fallback_lr: float = 5e-5) -> None:  # fmt: skip
+                 lp_ft: bool = False, probe_C: float = 1.0, cv_folds: int = 2, fallback_lr: float = 5e-5,
+                 transductive: ProtoNets | None = None) -> None:  # fmt: skip
         super().__init__(lr, head_lr, steps, cv_folds, fallback_lr)
-        self.lp_ft, self.probe_C = lp_ft, probe_C
-        self.name = ("lp-ft" if lp_ft else "fine-tuning") + (", cv lr" if self.grid is not None else "")
+        self.lp_ft, self.probe_C, self.transductive = lp_ft, probe_C, transductive
+        self.name = (("lp-ft" if lp_ft else "fine-tuning") + (" + transductive" if transductive else "")
+                     + (", cv lr" if self.grid is not None else ""))  # fmt: skip
 
     @property
     def settings(self) -> str:
         """Stated in results, so the figures compare with another paper's fine-tuning."""
         probe = (f"head first fitted by logistic regression, C={self.probe_C:g} on its standardised inputs; "
                  if self.lp_ft else "")  # fmt: skip
+        scored = (
+            ""
+            if self.transductive is None
+            else f"; queries scored on the tuned encoder by: {self.transductive.settings}"
+        )
         return (f"{probe}{self.steps} full-batch AdamW steps (weight decay 0.01) on the support set, "
-                f"{self._lr_settings()}, dropout off")  # fmt: skip
+                f"{self._lr_settings()}, dropout off{scored}")  # fmt: skip
 
     def fit_predict(self, model: nn.Module, support: Batch, query: Batch, lr: float) -> torch.Tensor:
         from ..finetune.linear_probe import find_probe_layer, fit_probe
@@ -247,6 +255,8 @@ class FineTune(SupportTuned):
             optimizer.zero_grad()
             F.cross_entropy(tuned(**model_inputs(support)).logits, support["labels"]).backward()
             optimizer.step()
+        if self.transductive is not None:
+            return self.transductive.predict(tuned, support, query)
         with torch.no_grad():
             return tuned(**model_inputs(query)).logits
 
