@@ -568,6 +568,7 @@ def evaluate_encoder(
         k = int(setting.removeprefix("allway").split("_")[0]) if setting.startswith("allway") else 5
         order = interleaved(episodes, args.ood_draws if setting.startswith("ood") else args.draws)
         slow = not (args.no_slow or setting.endswith("_dirichlet"))  # imbalanced queries: the cheap methods
+        transductive = transduction(kind, k)
         setfits = {} if args.no_setfit or not slow else {
             SETFIT_DEFAULT: SetFitDefault(path, prefix, args.max_length, None, 1, 16, args.seed),
             "setfit-5-iterations": SetFitMethod(path, prefix, args.max_length, 5, 1, 16, args.seed),
@@ -575,8 +576,8 @@ def evaluate_encoder(
         results[setting] = run_setting(
             order, collate_for(episodes.dataset, episodes.text_column),
             episode_texts(episodes.dataset, episodes.text_column), frozen, meta[kind],
-            slow_for(args, transduction(kind, k)) if slow else {}, setfits, args.slow_episodes, args.slow_seconds,
-            args.progress, args.meta_slow, transduction(kind, k),
+            slow_for(args, transductive) if slow else {}, setfits, args.slow_episodes, args.slow_seconds,
+            args.progress, args.meta_slow, transductive,
         )  # fmt: skip
         print(table(f"\n{setting} ({short}; {episodes.report}; subset = episodes every method reached)",
                     rows(results[setting])))  # fmt: skip
