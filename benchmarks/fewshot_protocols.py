@@ -161,23 +161,25 @@ class PerWay:
 
 
 def slow_methods(steps: int, lr: float | str, warm_lr: float | str,
-                 transductive: TransductivePrototypes | None = None) -> dict[str, object]:  # fmt: skip
+                 transductive: TransductivePrototypes | None = None,
+                 body_blocks: int | None = None) -> dict[str, object]:  # fmt: skip
     """Fresh slow tensor methods (they keep the LRs they chose, so each setting gets its own): fine-tuning at
-    ``lr``; LP-FT and ProtoHeadFineTune, whose heads start at a classifier, at ``warm_lr``; with ``transductive``
-    also LP-FT whose queries it scores on the tuned encoder."""
+    ``lr``; LP-FT and ProtoHeadFineTune, whose heads start at a classifier, at ``warm_lr`` (``body_blocks``:
+    training only the top blocks); with ``transductive`` also LP-FT whose queries it scores on the tuned
+    encoder."""
 
     def suffix(value: float | str) -> str:
         return ", cv lr" if value == "cv" else f", lr {value:g}"
 
+    warm = {"lr": warm_lr, "body_blocks": body_blocks, "steps": steps}
+    top = suffix(warm_lr) + (f", top {body_blocks} blocks" if body_blocks else "")
     methods = {
         f"fine-tuning{suffix(lr)}": FineTune(steps=steps, lr=lr),
-        f"lp-ft{suffix(warm_lr)}": FineTune(steps=steps, lr=warm_lr, lp_ft=True),
-        f"proto-head-ft{suffix(warm_lr)}": ProtoHeadFineTune(steps=steps, lr=warm_lr),
+        f"lp-ft{top}": FineTune(lp_ft=True, **warm),
+        f"proto-head-ft{top}": ProtoHeadFineTune(**warm),
     }
     if transductive is not None:
-        methods[f"lp-ft-transductive{suffix(warm_lr)}"] = FineTune(
-            steps=steps, lr=warm_lr, lp_ft=True, transductive=transductive
-        )
+        methods[f"lp-ft-transductive{top}"] = FineTune(lp_ft=True, transductive=transductive, **warm)
     return methods
 
 
@@ -190,7 +192,7 @@ def slow_for(
         return {}
     if args.quick:
         return {"fine-tuning, cv lr": FineTune(steps=args.ft_steps, lr=args.ft_lr)}
-    methods = slow_methods(args.ft_steps, args.ft_lr, args.warm_lr, transductive)
+    methods = slow_methods(args.ft_steps, args.ft_lr, args.warm_lr, transductive, args.body_blocks)
     return {name: m for name, m in methods.items() if name.split(",")[0] in args.slow_methods}
 
 
@@ -682,6 +684,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--warm-lr", type=lambda s: s if s == "cv" else float(s), default="cv",
                    help='LP-FT and proto-head FT body LR: "cv" or a number (their heads start at a classifier).')  # fmt: skip
+    p.add_argument("--body-blocks", type=int, help="LP-FT and proto-head FT train only the top that many blocks, "
+                   "the frozen ones below run once an episode (replay_lower_blocks); default the whole body.")  # fmt: skip
     p.add_argument(
         "--meta-steps", type=int, default=60, help="ProtoNets meta-training steps (0: no meta-learner)."
     )

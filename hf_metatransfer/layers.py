@@ -182,6 +182,30 @@ def _find_stacks(backbone: nn.Module, counts: set[int]) -> list[nn.ModuleList]:
     return [m for _, m in stacks]
 
 
+def _backbone(inner: nn.Module) -> tuple[nn.Module, bool]:
+    """The module under ``base_model_prefix``, and whether there is one (T5ForConditionalGeneration and bare base
+    models are their own backbone)."""
+    prefix = getattr(inner, "base_model_prefix", "") or ""
+    backbone = getattr(inner, prefix, None) if prefix else None
+    if isinstance(backbone, nn.Module):
+        return backbone, True
+    return inner, False
+
+
+def block_stacks(model: nn.Module) -> list[nn.ModuleList]:
+    """The ``nn.ModuleList``s holding the transformer blocks, in depth order (one for encoders and decoders; the
+    encoder's then the decoder's for encoder-decoder models): the modules behind the layer map's blocks."""
+    inner = unwrap_model(model)
+    stacks = _find_stacks(_backbone(inner)[0], _block_counts(inner))
+    if not stacks:
+        raise _unmappable(
+            inner,
+            f"no nn.ModuleList of same-class blocks whose length matches the config's depth "
+            f"({sorted(_block_counts(inner)) or 'no depth in config'}) was found",
+        )
+    return stacks
+
+
 def _unmappable(model: nn.Module, why: str) -> LayerMapError:
     cls = type(model).__name__
     return LayerMapError(
@@ -203,19 +227,8 @@ def build_layer_map(model: nn.Module, spec: LayerMapSpec | ParamClassifier | Non
         return _map_from_classifier(model, named, classify)
 
     inner = unwrap_model(model)
-    prefix = getattr(inner, "base_model_prefix", "") or ""
-    backbone = getattr(inner, prefix, None) if prefix else None
-    has_prefix_module = isinstance(backbone, nn.Module)
-    if not has_prefix_module:
-        backbone = inner  # T5ForConditionalGeneration and bare base models: the model is its own backbone.
-
-    stacks = _find_stacks(backbone, _block_counts(inner))
-    if not stacks:
-        raise _unmappable(
-            inner,
-            f"no nn.ModuleList of same-class blocks whose length matches the config's depth "
-            f"({sorted(_block_counts(inner)) or 'no depth in config'}) was found",
-        )
+    backbone, has_prefix_module = _backbone(inner)
+    stacks = block_stacks(model)
 
     block_of: dict[int, int] = {}
     index = 0

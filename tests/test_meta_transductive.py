@@ -105,3 +105,20 @@ def test_fine_tuning_can_score_its_queries_with_transductive_prototypes_on_the_t
     )
     assert not torch.allclose(trained, expected)  # scored on the tuned encoder, not the frozen one
     assert "lp-ft + transductive" == untrained.name and "2 soft k-means" in untrained.settings
+
+
+def test_choosing_on_tuned_encoders_scores_what_fine_tuning_plus_transduction_then_gets():
+    _, test, collate = token_episodes(n_way=3, k=2, q=3)
+    episodes = test.batch(range(3))
+    model = tiny_mean_pool(n_way=3)
+    tuning = FineTune(steps=3, lr=1e-2, lp_ft=True, body_blocks=1)
+    chosen, scores = select_transduction(model, episodes, collate, temperatures=(1.0, 10.0), iterations=(0, 3),
+                                         adapt=lambda m, support: tuning.tune(m, support, tuning.lr))  # fmt: skip
+    frozen_scores = select_transduction(
+        model, episodes, collate, temperatures=(1.0, 10.0), iterations=(0, 3)
+    )[1]
+    assert scores != frozen_scores  # the prototypes came from the tuned copies
+    for (t, i), score in scores.items():
+        method = FineTune(steps=3, lr=1e-2, lp_ft=True, body_blocks=1,
+                          transductive=TransductivePrototypes(iterations=i, temperature=t))  # fmt: skip
+        assert meta_test(model, method, episodes, collate, progress=False).accuracy == pytest.approx(score)

@@ -14,6 +14,7 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..block_replay import replay_lower_blocks
 from ..episodes.episode import Episode
 from ..episodes.user import UserEpisodes
 from ..stats import confidence_interval
@@ -121,10 +123,14 @@ class SupportTuned(ABC):
     support with it. An episode with a class of a single support example has nothing to hold out: it falls back to
     ``fallback_lr``, and ``settings`` says how often. ``chosen_lrs`` and ``cv_scores`` (``{lr: (accuracy, loss)}``)
     keep each cross-validated episode's choice and its evidence.
+
+    ``body_blocks``: train only the top that many transformer blocks (``None``: the whole body). The blocks below
+    then run once an episode and their output is replayed at every step (``replay_lower_blocks``), so a step costs
+    the top blocks only.
     """
 
     def __init__(self, lr: float | str | Sequence[float], head_lr: float, steps: int, cv_folds: int,
-                 fallback_lr: float) -> None:  # fmt: skip
+                 fallback_lr: float, body_blocks: int | None = None) -> None:  # fmt: skip
         if isinstance(lr, str):
             if lr != "cv":
                 raise ValueError(f'lr={lr!r}: give a number, "cv" (choose from {CV_LRS}) or a list of LRs.')
@@ -140,11 +146,40 @@ class SupportTuned(ABC):
             raise ValueError(f"steps={steps}: the number of AdamW steps is >= 0.")
         if cv_folds < 2:
             raise ValueError(f"cv_folds={cv_folds}: cross-validation needs at least 2 folds.")
+        if body_blocks is not None and body_blocks < 1:
+            raise ValueError(
+                f"body_blocks={body_blocks}: the number of top blocks to train, >= 1 (None: all)."
+            )
+        self.body_blocks = body_blocks
         self.lr = fallback_lr if self.grid is not None else float(lr)
         self.head_lr, self.steps, self.cv_folds, self.fallback_lr = head_lr, steps, cv_folds, fallback_lr
         self.chosen_lrs: list[float] = []
         self.cv_scores: list[dict[float, tuple[float, float]]] = []
         self.fallbacks = 0
+
+    def trainable_body(self, tuned: nn.Module) -> set[str]:
+        """Names of the body parameters that train: every trainable one, or those of the top ``body_blocks``
+        blocks (the model's own head, part of the layer map's top, is left to the method)."""
+        if self.body_blocks is None:
+            return {n for n, p in tuned.named_parameters() if p.requires_grad}
+        from ..layers import build_layer_map
+        from .fast_weights import fast_weight_names
+
+        layer_map = build_layer_map(tuned)
+        top = set(fast_weight_names(tuned, "top_k", top_k=self.body_blocks, layer_map=layer_map))
+        return top - set(layer_map.head.param_names)
+
+    def training_steps(self, tuned: nn.Module, support: Batch) -> AbstractContextManager:
+        """Where the steps on ``support`` run: with ``body_blocks``, the frozen blocks below replay their output."""
+        if self.body_blocks is None:
+            return nullcontext()
+        return replay_lower_blocks(tuned, self.body_blocks, model_inputs(support))
+
+    def _body_settings(self) -> str:
+        if self.body_blocks is None:
+            return "the whole body"
+        return (f"the top {self.body_blocks} block(s) (the frozen blocks below run once an episode, their output "
+                "replayed at each step)")  # fmt: skip
 
     @abstractmethod
     def fit_predict(self, model: nn.Module, support: Batch, query: Batch, lr: float) -> torch.Tensor:
@@ -201,15 +236,16 @@ class FineTune(SupportTuned):
     """Fine-tune a copy of the model on the support set (AdamW, ``steps`` full-batch steps), then predict.
 
     With ``lp_ft`` the head is first fitted by a linear probe on frozen features (LP-FT). ``lr="cv"`` or a list
-    chooses the body LR per episode (see ``SupportTuned``). ``transductive`` (a ``TransductivePrototypes``): the
+    chooses the body LR per episode, ``body_blocks`` trains only the top blocks (see ``SupportTuned``).
+    ``transductive`` (a ``TransductivePrototypes``): the
     queries are scored by it on the tuned encoder instead of by the trained head (transductive: it reads the query
     batch).
     """
 
     def __init__(self, steps: int = 20, lr: float | str | Sequence[float] = 5e-5, head_lr: float = 1e-2,
                  lp_ft: bool = False, probe_C: float = 1.0, cv_folds: int = 2, fallback_lr: float = 5e-5,
-                 transductive: ProtoNets | None = None) -> None:  # fmt: skip
-        super().__init__(lr, head_lr, steps, cv_folds, fallback_lr)
+                 transductive: ProtoNets | None = None, body_blocks: int | None = None) -> None:  # fmt: skip
+        super().__init__(lr, head_lr, steps, cv_folds, fallback_lr, body_blocks)
         self.lp_ft, self.probe_C, self.transductive = lp_ft, probe_C, transductive
         self.name = (("lp-ft" if lp_ft else "fine-tuning") + (" + transductive" if transductive else "")
                      + (", cv lr" if self.grid is not None else ""))  # fmt: skip
@@ -224,10 +260,18 @@ class FineTune(SupportTuned):
             if self.transductive is None
             else f"; queries scored on the tuned encoder by: {self.transductive.settings}"
         )
-        return (f"{probe}{self.steps} full-batch AdamW steps (weight decay 0.01) on the support set, "
-                f"{self._lr_settings()}, dropout off{scored}")  # fmt: skip
+        return (f"{probe}{self.steps} full-batch AdamW steps (weight decay 0.01) of head and "
+                f"{self._body_settings()} on the support set, {self._lr_settings()}, dropout off{scored}")  # fmt: skip
 
     def fit_predict(self, model: nn.Module, support: Batch, query: Batch, lr: float) -> torch.Tensor:
+        tuned = self.tune(model, support, lr)
+        if self.transductive is not None:
+            return self.transductive.predict(tuned, support, query)
+        with torch.no_grad():
+            return tuned(**model_inputs(query)).logits
+
+    def tune(self, model: nn.Module, support: Batch, lr: float) -> nn.Module:
+        """A copy of ``model`` (LP-FT: probed, then) fine-tuned on ``support`` with body LR ``lr``."""
         from ..finetune.linear_probe import find_probe_layer, fit_probe
         from ..layers import build_layer_map
 
@@ -246,19 +290,20 @@ class FineTune(SupportTuned):
                 layer.weight.copy_(weight.to(layer.weight))
                 if layer.bias is not None and bias is not None:
                     layer.bias.copy_(bias.to(layer.bias))
+        body = self.trainable_body(tuned) - head
+        for n, p in tuned.named_parameters():
+            p.requires_grad_(n in head or n in body)
         groups = [
             {"params": [p for n, p in tuned.named_parameters() if n in head], "lr": self.head_lr},
-            {"params": [p for n, p in tuned.named_parameters() if n not in head], "lr": lr},
+            {"params": [p for n, p in tuned.named_parameters() if n in body], "lr": lr},
         ]
         optimizer = torch.optim.AdamW(groups)
-        for _ in range(self.steps):
-            optimizer.zero_grad()
-            F.cross_entropy(tuned(**model_inputs(support)).logits, support["labels"]).backward()
-            optimizer.step()
-        if self.transductive is not None:
-            return self.transductive.predict(tuned, support, query)
-        with torch.no_grad():
-            return tuned(**model_inputs(query)).logits
+        with self.training_steps(tuned, support):
+            for _ in range(self.steps):
+                optimizer.zero_grad()
+                F.cross_entropy(tuned(**model_inputs(support)).logits, support["labels"]).backward()
+                optimizer.step()
+        return tuned.eval()
 
 
 class ProtoHeadFineTune(SupportTuned):
@@ -273,7 +318,7 @@ class ProtoHeadFineTune(SupportTuned):
     does, the geometry sentence encoders are trained for (then ``||q||^2 = 1`` and the logits are nearest-centroid's
     plus 1); ``normalize=False`` matches ``ProtoNets``' raw embeddings, for an encoder meta-trained by it. The head
     is built here, so any model ``NearestCentroid`` takes works (its own classification head, if any, is unused).
-    ``body_blocks``: train only the top that many transformer blocks (``None``: the whole body). ``head_lr`` is 10x
+    ``body_blocks`` trains only the top blocks (see ``SupportTuned``). ``head_lr`` is 10x
     below ``FineTune``'s: the head starts at a good classifier, and on unit-norm embeddings its weights are ~0.1, so
     AdamW steps of 1e-2 would leave the prototypes within a few steps.
     """
@@ -281,40 +326,26 @@ class ProtoHeadFineTune(SupportTuned):
     def __init__(self, steps: int = 20, lr: float | str | Sequence[float] = 5e-5, head_lr: float = 1e-3,
                  normalize: bool = True, body_blocks: int | None = None, cv_folds: int = 2,
                  fallback_lr: float = 5e-5) -> None:  # fmt: skip
-        super().__init__(lr, head_lr, steps, cv_folds, fallback_lr)
-        if body_blocks is not None and body_blocks < 1:
-            raise ValueError(
-                f"body_blocks={body_blocks}: the number of top blocks to train, >= 1 (None: all)."
-            )
-        self.normalize, self.body_blocks = normalize, body_blocks
+        super().__init__(lr, head_lr, steps, cv_folds, fallback_lr, body_blocks)
+        self.normalize = normalize
         self.name = "proto-head-ft" + (", cv lr" if self.grid is not None else "")
 
     @property
     def settings(self) -> str:
         space = "L2-normalised" if self.normalize else "raw (unnormalised)"
-        body = "the whole body" if self.body_blocks is None else f"the top {self.body_blocks} block(s)"
         return (f"linear head on {space} mean-pooled embeddings initialised from the support prototypes "
                 f"(W = 2c, b = -||c||^2: the nearest-prototype logits), then {self.steps} full-batch AdamW steps "
-                f"(weight decay 0.01) of head and {body} on the support set, {self._lr_settings()}, "
-                "dropout off")  # fmt: skip
+                f"(weight decay 0.01) of head and {self._body_settings()} on the support set, "
+                f"{self._lr_settings()}, dropout off")  # fmt: skip
 
     def _embed(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         pooled = ProtoNets.pooled(model, ProtoNets.weights(model), batch)
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
 
     def fit_predict(self, model: nn.Module, support: Batch, query: Batch, lr: float) -> torch.Tensor:
-        from .fast_weights import fast_weight_names
-
         tuned = copy.deepcopy(model).train(False)
         labels = support["labels"]
-        if self.body_blocks is None:
-            body = {n for n, p in tuned.named_parameters() if p.requires_grad}
-        else:  # the top blocks; the model's own head (part of "top_k") is not the head trained here
-            from ..layers import build_layer_map
-
-            layer_map = build_layer_map(tuned)
-            body = set(fast_weight_names(tuned, "top_k", top_k=self.body_blocks, layer_map=layer_map))
-            body -= set(layer_map.head.param_names)
+        body = self.trainable_body(tuned)
         for n, p in tuned.named_parameters():
             p.requires_grad_(n in body)
         with torch.no_grad():
@@ -326,10 +357,11 @@ class ProtoHeadFineTune(SupportTuned):
             {"params": [weight, bias], "lr": self.head_lr},
             {"params": [p for n, p in tuned.named_parameters() if n in body], "lr": lr},
         ])  # fmt: skip
-        for _ in range(self.steps):
-            optimizer.zero_grad()
-            F.cross_entropy(self._embed(tuned, support) @ weight.T + bias, labels).backward()
-            optimizer.step()
+        with self.training_steps(tuned, support):
+            for _ in range(self.steps):
+                optimizer.zero_grad()
+                F.cross_entropy(self._embed(tuned, support) @ weight.T + bias, labels).backward()
+                optimizer.step()
         with torch.no_grad():
             return self._embed(tuned, query) @ weight.T + bias
 

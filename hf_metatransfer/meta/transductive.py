@@ -101,12 +101,16 @@ def select_transduction(
     iterations: Sequence[int] = ITERATIONS,
     centre: bool = True,
     device: torch.device | str = "cpu",
+    adapt: Callable[[nn.Module, Batch], nn.Module] | None = None,
 ) -> tuple[TransductivePrototypes, dict[tuple[float, int], float]]:
     """The ``TransductivePrototypes`` of the grid with the best mean query accuracy on ``episodes`` (ties: the
     first in grid order), and every grid point's accuracy. Give episodes of classes the test never uses (the
-    meta-train split): choosing on the test episodes would flatter the method. Each episode is embedded once."""
+    meta-train split): choosing on the test episodes would flatter the method. Each episode is embedded once.
+
+    ``adapt(model, support) -> encoder``: the encoder an episode's prototypes are computed on, when the method
+    scores on an encoder tuned per episode (``FineTune(transductive=...)``: pass a function returning its ``tune``).
+    """
     method = NearestCentroid()
-    weights = method.weights(model)
     grid = [(t, i) for t in temperatures for i in iterations]
     for t, i in grid:
         _check(i, t)
@@ -119,7 +123,12 @@ def select_transduction(
             support, query = (
                 {k: v.to(device) for k, v in batch[part].items()} for part in ("support", "query")
             )
-            s, q = method.embed(model, weights, support), method.embed(model, weights, query)
+            encoder = model
+            if adapt is not None:
+                with torch.enable_grad():
+                    encoder = adapt(model, support).eval()
+            weights = method.weights(encoder)
+            s, q = method.embed(encoder, weights, support), method.embed(encoder, weights, query)
             labels, answers = support["labels"], query["labels"]
             for t, i in grid:
                 prototypes, centred = refine_prototypes(s, labels, q, i, t, centre)
