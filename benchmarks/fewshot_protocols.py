@@ -27,7 +27,10 @@ setting; ``--anchor-pull``: pulled back toward the pretrained weights after ever
 the slow tensor methods (LP-FT after meta-learning). Transductive prototypes (``TransductivePrototypes``: bias
 shift and soft k-means over the episode's unlabelled queries) on the frozen and each meta-learned encoder, their
 temperature and steps chosen per setting on all-way episodes of the meta-train intents in the train languages
-(``select_transduction``; out of domain: the monolingual K = 5 choice), recorded in ``transductive_selection``.
+(``select_transduction``; out of domain: the monolingual K = 5 choice), recorded in ``transductive_selection``;
+LP-FT + transductive (``--slow-methods lp-ft-transductive``) chooses its own on the encoders LP-FT tunes on the
+first ``--tuned-selection-episodes`` of those episodes (key ``<setting> (lp-ft)``). ``--body-blocks k``: LP-FT and
+ProtoHeadFineTune train only the top k blocks, the frozen ones below run once an episode (``replay_lower_blocks``).
 ``--query-dirichlet 2`` also scores each all-way setting's episodes with class-imbalanced queries
 (``dirichlet_queries``, Veilleux et al. 2021), where a method that leans on balanced batches is found out.
 The slow methods (fine-tuning, LP-FT, ProtoHeadFineTune, SetFit) run on the first ``--slow-episodes`` episodes
@@ -161,12 +164,12 @@ class PerWay:
 
 
 def slow_methods(steps: int, lr: float | str, warm_lr: float | str,
-                 transductive: TransductivePrototypes | None = None,
-                 body_blocks: int | None = None) -> dict[str, object]:  # fmt: skip
+                 transductive: TransductivePrototypes | None = None, body_blocks: int | None = None,
+                 only: str | None = None) -> dict[str, object]:  # fmt: skip
     """Fresh slow tensor methods (they keep the LRs they chose, so each setting gets its own): fine-tuning at
     ``lr``; LP-FT and ProtoHeadFineTune, whose heads start at a classifier, at ``warm_lr`` (``body_blocks``:
     training only the top blocks); with ``transductive`` also LP-FT whose queries it scores on the tuned
-    encoder."""
+    encoder. ``only``: the one method of that name (before its LR)."""
 
     def suffix(value: float | str) -> str:
         return ", cv lr" if value == "cv" else f", lr {value:g}"
@@ -180,19 +183,23 @@ def slow_methods(steps: int, lr: float | str, warm_lr: float | str,
     }
     if transductive is not None:
         methods[f"lp-ft-transductive{top}"] = FineTune(lp_ft=True, transductive=transductive, **warm)
-    return methods
+    return {name: m for name, m in methods.items() if only in (None, name.split(",")[0])}
 
 
 def slow_for(
-    args: argparse.Namespace, transductive: TransductivePrototypes | None = None
+    args: argparse.Namespace, transductive: dict[int, TransductivePrototypes] | None = None
 ) -> dict[str, object]:
     """The slow tensor methods a run asks for: none (``--no-slow``), fine-tuning alone (``--quick``) or those of
-    ``--slow-methods`` (LP-FT + transductive: with the setting's ``transductive`` choice)."""
+    ``--slow-methods``, once for each ``--body-blocks`` (LP-FT + transductive: with the setting's choice for that
+    many blocks in ``transductive``; 0: the whole body)."""
     if args.no_slow:
         return {}
     if args.quick:
         return {"fine-tuning, cv lr": FineTune(steps=args.ft_steps, lr=args.ft_lr)}
-    methods = slow_methods(args.ft_steps, args.ft_lr, args.warm_lr, transductive, args.body_blocks)
+    methods: dict[str, object] = {}
+    for blocks in args.body_blocks:
+        chosen = (transductive or {}).get(blocks)
+        methods |= slow_methods(args.ft_steps, args.ft_lr, args.warm_lr, chosen, blocks or None) | methods
     return {name: m for name, m in methods.items() if name.split(",")[0] in args.slow_methods}
 
 
@@ -544,20 +551,37 @@ def evaluate_encoder(
     frozen, results = load(), {}
     selections: dict[str, dict] = {}
 
-    def transduction(kind: str, k: int) -> TransductivePrototypes | None:
+    def transduction(kind: str, k: int, tuned: int | None = None) -> TransductivePrototypes | None:
         """Transductive prototypes with the temperature and soft k-means steps chosen on all-way K-shot episodes
-        of the meta-train intents in the train languages (cross: English support), never on test episodes."""
+        of the meta-train intents in the train languages (cross: English support), never on test episodes.
+        ``tuned`` (a ``--body-blocks`` value): chosen for LP-FT + transductive training that many top blocks (0:
+        the whole body), on the encoders LP-FT tunes on the first ``--tuned-selection-episodes`` of them (one a
+        language, draw 0 first), as that method then uses them."""
         if args.no_transductive:
             return None
         key = f"allway{k}_{kind}"
+        if tuned is not None:
+            key += f" (lp-ft, top {tuned} blocks)" if tuned else " (lp-ft)"
         if key not in selections:
             common = {"k_shot": k, "q_query": args.q_query, "draws": args.transductive_draws,
                       "seed": args.seed + 7, "split": "train"}  # fmt: skip
             others = [lang for lang in args.train_langs if lang not in support_langs]
             val = (all_way_episodes(tasks, support_languages=support_langs, query_languages=others, **common)
                    if kind == "cross" else all_way_episodes(tasks, languages=args.train_langs, **common))  # fmt: skip
-            chosen, scores = select_transduction(frozen, val, collate_for(val.dataset, val.text_column))
-            selections[key] = {"method": chosen, "episodes": len(val),
+            chosen_on, adapt = list(val), None
+            if tuned is not None:
+                chosen_on = interleaved(chosen_on, args.transductive_draws)[: args.tuned_selection_episodes]
+                (lp_ft,) = slow_methods(args.ft_steps, args.ft_lr, args.warm_lr, None, tuned or None,
+                                        only="lp-ft").values()  # fmt: skip
+                heads = Heads(frozen)
+
+                def adapt(model: nn.Module, support: dict) -> nn.Module:
+                    start = heads(int(support["labels"].max()) + 1)
+                    return lp_ft.tune(start, support, lp_ft.choose_lr(start, support))
+
+            chosen, scores = select_transduction(frozen, chosen_on, collate_for(val.dataset, val.text_column),
+                                                 adapt=adapt)  # fmt: skip
+            selections[key] = {"method": chosen, "episodes": len(chosen_on),
                                "chosen": {"temperature": chosen.temperature, "iterations": chosen.iterations},
                                "validation_accuracy": {f"T={t:g}, steps={i}": round(a, 4)
                                                        for (t, i), a in scores.items()}}  # fmt: skip
@@ -571,14 +595,21 @@ def evaluate_encoder(
         order = interleaved(episodes, args.ood_draws if setting.startswith("ood") else args.draws)
         slow = not (args.no_slow or setting.endswith("_dirichlet"))  # imbalanced queries: the cheap methods
         transductive = transduction(kind, k)
+        tuned_transductive = (
+            {blocks: transduction(kind, k, blocks) for blocks in args.body_blocks}
+            if slow and "lp-ft-transductive" in args.slow_methods else None
+        )  # fmt: skip
         setfits = {} if args.no_setfit or not slow else {
             SETFIT_DEFAULT: SetFitDefault(path, prefix, args.max_length, None, 1, 16, args.seed),
             "setfit-5-iterations": SetFitMethod(path, prefix, args.max_length, 5, 1, 16, args.seed),
         }  # fmt: skip
+        setfits = {
+            name: m for name, m in setfits.items() if name.removeprefix("setfit-") in args.setfit_budgets
+        }
         results[setting] = run_setting(
             order, collate_for(episodes.dataset, episodes.text_column),
             episode_texts(episodes.dataset, episodes.text_column), frozen, meta[kind],
-            slow_for(args, transductive) if slow else {}, setfits, args.slow_episodes, args.slow_seconds,
+            slow_for(args, tuned_transductive) if slow else {}, setfits, args.slow_episodes, args.slow_seconds,
             args.progress, args.meta_slow, transductive,
         )  # fmt: skip
         print(table(f"\n{setting} ({short}; {episodes.report}; subset = episodes every method reached)",
@@ -675,7 +706,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--slow-methods", nargs="+", choices=SLOW_METHODS, default=list(SLOW_METHODS[:3]),
                    help="The slow tensor methods to run (SetFit: see --no-setfit); lp-ft-transductive (LP-FT, queries "
-                   "scored by the setting's transductive prototypes on the tuned encoder) only when named.")  # fmt: skip
+                   "scored by transductive prototypes on the tuned encoder, chosen on LP-FT-tuned encoders of "
+                   "meta-train episodes) only when named.")  # fmt: skip
     p.add_argument("--meta-slow", action="store_true", help="Run the slow tensor methods also from each "
                    "meta-learned encoder (e.g. LP-FT after meta-learning), on the same episodes.")  # fmt: skip
     p.add_argument("--ft-steps", type=int, default=20)
@@ -684,8 +716,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--warm-lr", type=lambda s: s if s == "cv" else float(s), default="cv",
                    help='LP-FT and proto-head FT body LR: "cv" or a number (their heads start at a classifier).')  # fmt: skip
-    p.add_argument("--body-blocks", type=int, help="LP-FT and proto-head FT train only the top that many blocks, "
-                   "the frozen ones below run once an episode (replay_lower_blocks); default the whole body.")  # fmt: skip
+    p.add_argument("--body-blocks", type=int, nargs="+", default=[0], help="LP-FT and proto-head FT train only the "
+                   "top that many blocks, the frozen ones below run once an episode (replay_lower_blocks); 0: the "
+                   "whole body (the default); several values: each method once for each.")  # fmt: skip
     p.add_argument(
         "--meta-steps", type=int, default=60, help="ProtoNets meta-training steps (0: no meta-learner)."
     )
@@ -705,10 +738,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-transductive", action="store_true", help="Leave out transductive prototypes.")
     p.add_argument("--transductive-draws", type=int, default=3, help="All-way episodes a train language (pair) "
                    "on which transductive prototypes choose their temperature and steps.")  # fmt: skip
+    p.add_argument("--tuned-selection-episodes", type=int, default=7, help="LP-FT + transductive chooses its "
+                   "temperature and steps on the encoders LP-FT tunes on this many of those episodes (draw 0 of "
+                   "each train language first).")  # fmt: skip
     p.add_argument("--query-dirichlet", type=float, metavar="ALPHA", help="Also score every all-way setting with "
                    "class-imbalanced queries (dirichlet_queries: proportions ~ Dirichlet(ALPHA), Veilleux et al. use "
                    "2), settings <name>_dirichlet, frozen and meta-learned methods only.")  # fmt: skip
     p.add_argument("--no-setfit", action="store_true")
+    p.add_argument("--setfit-budgets", nargs="+", choices=("default", "5-iterations"),
+                   default=["default", "5-iterations"], help="SetFit at its defaults, at the old 5-iteration budget.")  # fmt: skip
     p.add_argument("--no-slow", action="store_true", help="Only the frozen and meta-learned methods (no fine-tuning, "
                    "LP-FT, proto-head FT or SetFit): minutes, for comparing meta-training choices.")  # fmt: skip
     p.add_argument(

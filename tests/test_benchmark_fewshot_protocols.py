@@ -161,19 +161,23 @@ def test_without_slow_methods_the_rows_and_headlines_cover_the_frozen_and_meta_l
     assert list(slow_for(parse(["--warm-lr", "5e-5", "--slow-methods", "lp-ft"]))) == ["lp-ft, lr 5e-05"]
     named = parse(["--warm-lr", "5e-5", "--slow-methods", "lp-ft-transductive"])
     assert slow_for(named) == {}  # no transductive choice for the setting: nothing to run
-    (method,) = slow_for(named, TransductivePrototypes(iterations=1)).values()
+    (method,) = slow_for(named, {0: TransductivePrototypes(iterations=1)}).values()
     assert method.transductive.iterations == 1 and method.lp_ft
     top = slow_for(parse(["--warm-lr", "5e-5", "--body-blocks", "4"]))
-    assert list(top) == [
-        "fine-tuning, cv lr",
-        "lp-ft, lr 5e-05, top 4 blocks",
-        "proto-head-ft, lr 5e-05, top 4 blocks",
-    ]
+    names = ["fine-tuning, cv lr", "lp-ft, lr 5e-05, top 4 blocks", "proto-head-ft, lr 5e-05, top 4 blocks"]
+    assert list(top) == names
     assert [m.body_blocks for m in top.values()] == [
         None,
         4,
         4,
     ]  # fine-tuning, a baseline, keeps its whole body
+    both = slow_for(parse(["--warm-lr", "5e-5", "--body-blocks", "0", "4", "--slow-methods", "lp-ft-transductive"]),
+                    {0: TransductivePrototypes(iterations=1), 4: TransductivePrototypes(iterations=3)})  # fmt: skip
+    chosen = {n: (m.body_blocks, m.transductive.iterations) for n, m in both.items()}
+    assert chosen == {
+        "lp-ft-transductive, lr 5e-05": (None, 1),
+        "lp-ft-transductive, lr 5e-05, top 4 blocks": (4, 3),
+    }
 
 
 def test_transductive_prototypes_run_on_the_frozen_and_every_meta_learned_encoder():
