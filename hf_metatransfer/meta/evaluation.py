@@ -124,9 +124,11 @@ class SupportTuned(ABC):
     ``fallback_lr``, and ``settings`` says how often. ``chosen_lrs`` and ``cv_scores`` (``{lr: (accuracy, loss)}``)
     keep each cross-validated episode's choice and its evidence.
 
-    ``body_blocks``: train only the top that many transformer blocks (``None``: the whole body). The blocks below
-    then run once an episode and their output is replayed at every step (``replay_lower_blocks``), so a step costs
-    the top blocks only.
+    ``body_blocks``: train only the top that many transformer blocks (``None``: the whole body, embeddings
+    included). The blocks below then run once an episode and their output is replayed at every step
+    (``replay_lower_blocks``), so a step costs the top blocks only; the embeddings stay frozen, so the depth
+    itself trains every block but them (a multilingual vocabulary's embedding matrix can hold most of the
+    parameters: 96M of multilingual-e5-small's 118M, all updated by every AdamW step).
     """
 
     def __init__(self, lr: float | str | Sequence[float], head_lr: float, steps: int, cv_folds: int,
@@ -178,8 +180,8 @@ class SupportTuned(ABC):
     def _body_settings(self) -> str:
         if self.body_blocks is None:
             return "the whole body"
-        return (f"the top {self.body_blocks} block(s) (the frozen blocks below run once an episode, their output "
-                "replayed at each step)")  # fmt: skip
+        return (f"the top {self.body_blocks} block(s), embeddings frozen (the frozen blocks below run once an "
+                "episode, their output replayed at each step)")  # fmt: skip
 
     @abstractmethod
     def fit_predict(self, model: nn.Module, support: Batch, query: Batch, lr: float) -> torch.Tensor:
