@@ -29,7 +29,6 @@ import os
 import random
 import re
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from tqdm.auto import tqdm
 
 __all__ = ["load_ha_intents", "ha_intents_languages"]
 
+from ..provenance import package_versions
 from .cache import save_atomically
 
 logger = logging.getLogger(__name__)
@@ -92,16 +92,6 @@ def _all_intent_names(data_dir: str) -> tuple[str, ...]:
     for path in sorted(Path(data_dir).glob("*.json")):
         names.update(json.loads(path.read_text(encoding="utf-8")).get("intents", {}))
     return tuple(sorted(names))
-
-
-def _package_versions() -> dict[str, str]:
-    versions = {}
-    for dist in ("home-assistant-intents", "hassil"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:  # pragma: no cover - imported but not installed as a dist
-            versions[dist] = "unknown"
-    return versions
 
 
 @contextlib.contextmanager
@@ -301,7 +291,12 @@ def load_ha_intents(
         "cap_per_intent": cap_per_intent,
         "slots": slots,
         "seed": seed,
-        **_package_versions(),
+        # the versions of the data and its expander: a new release is new data (the digest is what it always was)
+        **{
+            name: found or "unknown"
+            for name, found in package_versions(("home-assistant-intents", "hassil")).items()
+            if name != "python"
+        },
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:16]
     root = Path(cache_dir) if cache_dir is not None else _default_cache_root()
