@@ -239,9 +239,8 @@ class FineTune(SupportTuned):
 
     With ``lp_ft`` the head is first fitted by a linear probe on frozen features (LP-FT). ``lr="cv"`` or a list
     chooses the body LR per episode, ``body_blocks`` trains only the top blocks (see ``SupportTuned``).
-    ``transductive`` (a ``TransductivePrototypes``): the
-    queries are scored by it on the tuned encoder instead of by the trained head (transductive: it reads the query
-    batch).
+    ``transductive`` (a ``TransductivePrototypes``): the queries are scored by it on the tuned encoder instead of by
+    the trained head (transductive: it reads the query batch).
     """
 
     def __init__(self, steps: int = 20, lr: float | str | Sequence[float] = 5e-5, head_lr: float = 1e-2,
