@@ -29,7 +29,7 @@ shift and soft k-means over the episode's unlabelled queries) on the frozen and 
 temperature and steps chosen per setting on all-way episodes of the meta-train intents in the train languages
 (``select_transduction``; out of domain: the monolingual K = 5 choice), recorded in ``transductive_selection``;
 LP-FT + transductive (``--slow-methods lp-ft-transductive``) chooses its own on the encoders LP-FT tunes on the
-first ``--tuned-selection-episodes`` of those episodes (key ``<setting> (lp-ft)``). ``--body-blocks k``: LP-FT and
+first ``--tuned-selection-episodes`` of those episodes (key ``<setting> (lp-ft[, top k blocks])``). ``--body-blocks k``: LP-FT and
 ProtoHeadFineTune train only the top k blocks, the frozen ones below run once an episode (``replay_lower_blocks``).
 ``--query-dirichlet 2`` also scores each all-way setting's episodes with class-imbalanced queries
 (``dirichlet_queries``, Veilleux et al. 2021), where a method that leans on balanced batches is found out.
@@ -199,7 +199,10 @@ def slow_for(
     methods: dict[str, object] = {}
     for blocks in args.body_blocks:
         chosen = (transductive or {}).get(blocks)
-        methods |= slow_methods(args.ft_steps, args.ft_lr, args.warm_lr, chosen, blocks or None) | methods
+        for name, method in slow_methods(
+            args.ft_steps, args.ft_lr, args.warm_lr, chosen, blocks or None
+        ).items():
+            methods.setdefault(name, method)  # fine-tuning, the same at every value, once
     return {name: m for name, m in methods.items() if name.split(",")[0] in args.slow_methods}
 
 
