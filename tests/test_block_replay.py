@@ -6,7 +6,7 @@ import contextlib
 import pytest
 import torch
 
-from hf_metatransfer.block_replay import replay_lower_blocks
+from hf_metatransfer.block_replay import Replay, replay_lower_blocks
 from hf_metatransfer.layers import block_stacks, build_layer_map
 from hf_metatransfer.meta import FineTune, ProtoHeadFineTune, SupportTuned
 from hf_metatransfer.meta.fast_weights import fast_weight_names
@@ -72,7 +72,10 @@ def test_another_batch_is_refused_and_top_k_at_the_depth_replays_nothing():
     model = tiny_model("llama").eval()
     inputs = batch()
     other = {k: v[:2] for k, v in inputs.items()}
-    with replay_lower_blocks(model, 1, inputs), pytest.raises(RuntimeError, match="only on the batch given"):
+    with (
+        replay_lower_blocks(model, 1, inputs),
+        pytest.raises(RuntimeError, match="only on the selected batch"),
+    ):
         model(**other)
     calls, handles = count_block_calls(model)
     with replay_lower_blocks(model, 3, inputs):
@@ -81,6 +84,20 @@ def test_another_batch_is_refused_and_top_k_at_the_depth_replays_nothing():
         assert len(calls) == 3
     for h in handles:
         h.remove()
+
+
+def test_several_batches_replay_the_selected_one_even_when_their_shapes_agree():
+    model = tiny_model("bert").eval()
+    first = batch()
+    second = {**first, "input_ids": first["input_ids"].flip(0)}
+    expected = [model(**b).logits for b in (first, second)]
+    with replay_lower_blocks(model, 1, [first, second]) as replay:
+        assert torch.allclose(model(**first).logits, expected[0], atol=1e-5)  # the first is selected on entry
+        replay.select(1)
+        assert torch.allclose(model(**second).logits, expected[1], atol=1e-5)
+        assert not torch.allclose(expected[0], expected[1], atol=1e-3)
+        with pytest.raises(IndexError, match="given 2 batch"):
+            replay.select(2)
 
 
 def test_encoder_decoders_are_refused_with_the_way_out():
@@ -109,9 +126,9 @@ def test_top_block_methods_give_what_running_every_block_gives_and_leave_the_low
     replay = SupportTuned.training_steps
 
     def spy(replaying):
-        def training_steps(self, tuned, support):
+        def training_steps(self, tuned, chunks):
             tuned_copies.append(tuned)
-            return replay(self, tuned, support) if replaying else contextlib.nullcontext()
+            return replay(self, tuned, chunks) if replaying else contextlib.nullcontext(Replay(len(chunks)))
 
         return training_steps
 

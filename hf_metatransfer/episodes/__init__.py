@@ -1,7 +1,7 @@
 """Few-shot episodes built from ``datasets``: N-way K-shot classification, languages as tasks, splits."""
 
 from .builder import EpisodeBuilder
-from .collate import EpisodeCollator, TokenStore, tokenize_dataset
+from .collate import EpisodeCollator, TokenStore, micro_batches, tokenize_dataset
 from .episode import Episode, episodes_from_dataset, episodes_to_dataset, verify_episodes
 from .index import GroupIndex
 from .languages import base_language, language_groups, other_languages
@@ -40,6 +40,7 @@ __all__ = [
     "episodes_from_dataset",
     "episodes_to_dataset",
     "verify_episodes",
+    "micro_batches",
     "split_values",
     "tokenize_dataset",
     "TranslationTask",

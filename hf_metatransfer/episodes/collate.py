@@ -109,3 +109,30 @@ class EpisodeCollator:
         support["labels"] = torch.from_numpy(episode.support_labels)
         query["labels"] = torch.from_numpy(episode.query_labels)
         return {"support": support, "query": query, "episode": episode}
+
+
+def micro_batches(batch: dict[str, torch.Tensor], size: int | None) -> list[dict[str, torch.Tensor]]:
+    """A padded batch as length-sorted micro-batches of at most ``size`` rows (near-equal sizes), each without the
+    trailing columns that are padding in all its rows: a per-row loss summed over them is the batch's, at fewer pad
+    tokens (an episode pads to its longest text; short intent texts leave half the tokens padding). ``None``, or a
+    batch of at most ``size`` rows: the batch whole, as it is.
+
+    Only trailing columns go: a left-padded batch keeps its width, so positions computed from it do not shift.
+    """
+    rows = len(next(iter(batch.values())))
+    if size is not None and size < 1:
+        raise ValueError(f"size={size}: the most rows a micro-batch holds, >= 1 (None: the batch whole).")
+    if size is None or rows <= size:
+        return [batch]
+    mask = batch.get("attention_mask")
+    order = torch.arange(rows) if mask is None else torch.argsort(mask.sum(-1).cpu(), stable=True)
+    chunks = []
+    for index in torch.tensor_split(order, -(-rows // size)):
+        chunk = {k: v[index.to(v.device)] for k, v in batch.items()}
+        if mask is not None:
+            used = chunk["attention_mask"].any(0).nonzero()
+            width = int(used.max()) + 1 if len(used) else 0
+            seq = mask.shape[1]
+            chunk = {k: v[:, :width] if v.dim() >= 2 and v.shape[1] == seq else v for k, v in chunk.items()}
+        chunks.append(chunk)
+    return chunks

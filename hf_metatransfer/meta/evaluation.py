@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..block_replay import replay_lower_blocks
+from ..block_replay import Replay, replay_lower_blocks
+from ..episodes.collate import micro_batches
 from ..episodes.episode import Episode
 from ..episodes.user import UserEpisodes
 from ..stats import confidence_interval
@@ -129,10 +130,15 @@ class SupportTuned(ABC):
     (``replay_lower_blocks``), so a step costs the top blocks only; the embeddings stay frozen, so the depth
     itself trains every block but them (a multilingual vocabulary's embedding matrix can hold most of the
     parameters: 96M of multilingual-e5-small's 118M, all updated by every AdamW step).
+
+    ``micro_batch_size``: each full-batch step accumulates its gradient over length-sorted micro-batches of at most
+    that many support examples (``micro_batches``): the same step, without the pad tokens of padding every text
+    to the episode's longest; 16 rows cost 1.4x less than one batch of 60 short texts on CPU (``None``: the support
+    in one batch, which a GPU with memory to spare may run faster).
     """
 
     def __init__(self, lr: float | str | Sequence[float], head_lr: float, steps: int, cv_folds: int,
-                 fallback_lr: float, body_blocks: int | None = None) -> None:  # fmt: skip
+                 fallback_lr: float, body_blocks: int | None = None, micro_batch_size: int | None = 16) -> None:  # fmt: skip
         if isinstance(lr, str):
             if lr != "cv":
                 raise ValueError(f'lr={lr!r}: give a number, "cv" (choose from {CV_LRS}) or a list of LRs.')
@@ -152,7 +158,11 @@ class SupportTuned(ABC):
             raise ValueError(
                 f"body_blocks={body_blocks}: the number of top blocks to train, >= 1 (None: all)."
             )
-        self.body_blocks = body_blocks
+        if micro_batch_size is not None and micro_batch_size < 1:
+            raise ValueError(
+                f"micro_batch_size={micro_batch_size}: >= 1, or None for the support in one batch."
+            )
+        self.body_blocks, self.micro_batch_size = body_blocks, micro_batch_size
         self.lr = fallback_lr if self.grid is not None else float(lr)
         self.head_lr, self.steps, self.cv_folds, self.fallback_lr = head_lr, steps, cv_folds, fallback_lr
         self.chosen_lrs: list[float] = []
@@ -171,17 +181,36 @@ class SupportTuned(ABC):
         top = set(fast_weight_names(tuned, "top_k", top_k=self.body_blocks, layer_map=layer_map))
         return top - set(layer_map.head.param_names)
 
-    def training_steps(self, tuned: nn.Module, support: Batch) -> AbstractContextManager:
-        """Where the steps on ``support`` run: with ``body_blocks``, the frozen blocks below replay their output."""
+    def training_steps(self, tuned: nn.Module, chunks: list[Batch]) -> AbstractContextManager[Replay]:
+        """Where the steps on the support's micro-batches run: with ``body_blocks``, the frozen blocks below replay
+        their output (``Replay.select`` names the micro-batch)."""
         if self.body_blocks is None:
-            return nullcontext()
-        return replay_lower_blocks(tuned, self.body_blocks, model_inputs(support))
+            return nullcontext(Replay(len(chunks)))
+        return replay_lower_blocks(tuned, self.body_blocks, [model_inputs(c) for c in chunks])
+
+    def train_on_support(self, tuned: nn.Module, support: Batch, optimizer: torch.optim.Optimizer,
+                         loss: Callable[[Batch], torch.Tensor]) -> None:  # fmt: skip
+        """``steps`` full-batch steps of ``optimizer`` on ``loss`` (a mean over the rows of the batch it is given),
+        the gradient of each accumulated over the support's micro-batches."""
+        chunks = micro_batches(support, self.micro_batch_size)
+        rows = len(support["labels"])
+        with self.training_steps(tuned, chunks) as replay:
+            for _ in range(self.steps):
+                optimizer.zero_grad()
+                for i, chunk in enumerate(chunks):
+                    replay.select(i)
+                    (loss(chunk) * (len(chunk["labels"]) / rows)).backward()
+                optimizer.step()
 
     def _body_settings(self) -> str:
         if self.body_blocks is None:
-            return "the whole body"
-        return (f"the top {self.body_blocks} block(s), embeddings frozen (the frozen blocks below run once an "
-                "episode, their output replayed at each step)")  # fmt: skip
+            body = "the whole body"
+        else:
+            body = (f"the top {self.body_blocks} block(s), embeddings frozen (any frozen block below runs once an "
+                    "episode, its output replayed at each step)")  # fmt: skip
+        if self.micro_batch_size is not None:
+            body += f", gradients accumulated over length-sorted micro-batches of <= {self.micro_batch_size}"
+        return body
 
     @abstractmethod
     def fit_predict(self, model: nn.Module, support: Batch, query: Batch, lr: float) -> torch.Tensor:
@@ -238,15 +267,17 @@ class FineTune(SupportTuned):
     """Fine-tune a copy of the model on the support set (AdamW, ``steps`` full-batch steps), then predict.
 
     With ``lp_ft`` the head is first fitted by a linear probe on frozen features (LP-FT). ``lr="cv"`` or a list
-    chooses the body LR per episode, ``body_blocks`` trains only the top blocks (see ``SupportTuned``).
+    chooses the body LR per episode, ``body_blocks`` trains only the top blocks, ``micro_batch_size`` bounds the
+    rows a forward holds (see ``SupportTuned``).
     ``transductive`` (a ``TransductivePrototypes``): the queries are scored by it on the tuned encoder instead of by
     the trained head (transductive: it reads the query batch).
     """
 
     def __init__(self, steps: int = 20, lr: float | str | Sequence[float] = 5e-5, head_lr: float = 1e-2,
                  lp_ft: bool = False, probe_C: float = 1.0, cv_folds: int = 2, fallback_lr: float = 5e-5,
-                 transductive: ProtoNets | None = None, body_blocks: int | None = None) -> None:  # fmt: skip
-        super().__init__(lr, head_lr, steps, cv_folds, fallback_lr, body_blocks)
+                 transductive: ProtoNets | None = None, body_blocks: int | None = None,
+                 micro_batch_size: int | None = 16) -> None:  # fmt: skip
+        super().__init__(lr, head_lr, steps, cv_folds, fallback_lr, body_blocks, micro_batch_size)
         self.lp_ft, self.probe_C, self.transductive = lp_ft, probe_C, transductive
         self.name = (("lp-ft" if lp_ft else "fine-tuning") + (" + transductive" if transductive else "")
                      + (", cv lr" if self.grid is not None else ""))  # fmt: skip
@@ -298,12 +329,8 @@ class FineTune(SupportTuned):
             {"params": [p for n, p in tuned.named_parameters() if n in head], "lr": self.head_lr},
             {"params": [p for n, p in tuned.named_parameters() if n in body], "lr": lr},
         ]
-        optimizer = torch.optim.AdamW(groups)
-        with self.training_steps(tuned, support):
-            for _ in range(self.steps):
-                optimizer.zero_grad()
-                F.cross_entropy(tuned(**model_inputs(support)).logits, support["labels"]).backward()
-                optimizer.step()
+        self.train_on_support(tuned, support, torch.optim.AdamW(groups),
+                              lambda batch: F.cross_entropy(tuned(**model_inputs(batch)).logits, batch["labels"]))  # fmt: skip
         return tuned.eval()
 
 
@@ -319,15 +346,15 @@ class ProtoHeadFineTune(SupportTuned):
     does, the geometry sentence encoders are trained for (then ``||q||^2 = 1`` and the logits are nearest-centroid's
     plus 1); ``normalize=False`` matches ``ProtoNets``' raw embeddings, for an encoder meta-trained by it. The head
     is built here, so any model ``NearestCentroid`` takes works (its own classification head, if any, is unused).
-    ``body_blocks`` trains only the top blocks (see ``SupportTuned``). ``head_lr`` is 10x
-    below ``FineTune``'s: the head starts at a good classifier, and on unit-norm embeddings its weights are ~0.1, so
-    AdamW steps of 1e-2 would leave the prototypes within a few steps.
+    ``body_blocks`` and ``micro_batch_size``: see ``SupportTuned``. ``head_lr`` is 10x below ``FineTune``'s: the
+    head starts at a good classifier, and on unit-norm embeddings its weights are ~0.1, so AdamW steps of 1e-2
+    would leave the prototypes within a few steps.
     """
 
     def __init__(self, steps: int = 20, lr: float | str | Sequence[float] = 5e-5, head_lr: float = 1e-3,
                  normalize: bool = True, body_blocks: int | None = None, cv_folds: int = 2,
-                 fallback_lr: float = 5e-5) -> None:  # fmt: skip
-        super().__init__(lr, head_lr, steps, cv_folds, fallback_lr, body_blocks)
+                 fallback_lr: float = 5e-5, micro_batch_size: int | None = 16) -> None:  # fmt: skip
+        super().__init__(lr, head_lr, steps, cv_folds, fallback_lr, body_blocks, micro_batch_size)
         self.normalize = normalize
         self.name = "proto-head-ft" + (", cv lr" if self.grid is not None else "")
 
@@ -358,11 +385,8 @@ class ProtoHeadFineTune(SupportTuned):
             {"params": [weight, bias], "lr": self.head_lr},
             {"params": [p for n, p in tuned.named_parameters() if n in body], "lr": lr},
         ])  # fmt: skip
-        with self.training_steps(tuned, support):
-            for _ in range(self.steps):
-                optimizer.zero_grad()
-                F.cross_entropy(self._embed(tuned, support) @ weight.T + bias, labels).backward()
-                optimizer.step()
+        self.train_on_support(tuned, support, optimizer,
+                              lambda batch: F.cross_entropy(self._embed(tuned, batch) @ weight.T + bias, batch["labels"]))  # fmt: skip
         with torch.no_grad():
             return self._embed(tuned, query) @ weight.T + bias
 
