@@ -32,7 +32,8 @@ LP-FT + transductive (``--slow-methods lp-ft-transductive``) chooses its own on 
 first ``--tuned-selection-episodes`` of those episodes (key ``<setting> (lp-ft[, top k blocks])``). ``--body-blocks k``: LP-FT and
 ProtoHeadFineTune train only the top k blocks, the frozen ones below run once an episode (``replay_lower_blocks``).
 ``--query-dirichlet 2`` also scores each all-way setting's episodes with class-imbalanced queries
-(``dirichlet_queries``, Veilleux et al. 2021), where a method that leans on balanced batches is found out.
+(``dirichlet_queries``, Veilleux et al. 2021), where a method that leans on balanced batches is found out: the
+frozen and meta-learned methods, and with ``--slow-dirichlet`` the slow tensor ones (LP-FT + transductive too).
 The slow methods (fine-tuning, LP-FT, ProtoHeadFineTune, SetFit) run on the first ``--slow-episodes`` episodes
 within ``--slow-seconds`` each (``meta_test(max_seconds=...)``); every method is also reported on the episodes all
 methods reached (``subset``), and each paired Student-t difference (vs the linear probe, nearest centroid and
@@ -184,6 +185,14 @@ def slow_methods(steps: int, lr: float | str, warm_lr: float | str,
     if transductive is not None:
         methods[f"lp-ft-transductive{top}"] = FineTune(lp_ft=True, transductive=transductive, **warm)
     return {name: m for name, m in methods.items() if only in (None, name.split(",")[0])}
+
+
+def slow_families(args: argparse.Namespace, setting: str) -> tuple[bool, bool]:
+    """Whether the slow tensor methods, and SetFit, run on ``setting``: imbalanced queries (``_dirichlet``) get the
+    slow tensor methods only with ``--slow-dirichlet`` and SetFit never (it does not read the queries)."""
+    imbalanced = setting.endswith("_dirichlet")
+    slow = not (args.no_slow or (imbalanced and not args.slow_dirichlet))
+    return slow, slow and not (args.no_setfit or imbalanced)
 
 
 def slow_for(
@@ -596,13 +605,13 @@ def evaluate_encoder(
         kind = "cross" if "_cross" in setting else "mono"  # out of domain: the monolingual learner
         k = int(setting.removeprefix("allway").split("_")[0]) if setting.startswith("allway") else 5
         order = interleaved(episodes, args.ood_draws if setting.startswith("ood") else args.draws)
-        slow = not (args.no_slow or setting.endswith("_dirichlet"))  # imbalanced queries: the cheap methods
+        slow, setfit = slow_families(args, setting)
         transductive = transduction(kind, k)
         tuned_transductive = (
             {blocks: transduction(kind, k, blocks) for blocks in args.body_blocks}
             if slow and "lp-ft-transductive" in args.slow_methods else None
         )  # fmt: skip
-        setfits = {} if args.no_setfit or not slow else {
+        setfits = {} if not setfit else {
             SETFIT_DEFAULT: SetFitDefault(path, prefix, args.max_length, None, 1, 16, args.seed),
             "setfit-5-iterations": SetFitMethod(path, prefix, args.max_length, 5, 1, 16, args.seed),
         }  # fmt: skip
@@ -746,7 +755,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    "each train language first).")  # fmt: skip
     p.add_argument("--query-dirichlet", type=float, metavar="ALPHA", help="Also score every all-way setting with "
                    "class-imbalanced queries (dirichlet_queries: proportions ~ Dirichlet(ALPHA), Veilleux et al. use "
-                   "2), settings <name>_dirichlet, frozen and meta-learned methods only.")  # fmt: skip
+                   "2), settings <name>_dirichlet, frozen and meta-learned methods only (see --slow-dirichlet).")  # fmt: skip
+    p.add_argument("--slow-dirichlet", action="store_true", help="With --query-dirichlet, also run the slow tensor "
+                   "methods (not SetFit) on the imbalanced-query settings: a transductive one reads the query batch, "
+                   "and this is where leaning on its balance shows.")  # fmt: skip
     p.add_argument("--no-setfit", action="store_true")
     p.add_argument("--setfit-budgets", nargs="+", choices=("default", "5-iterations"),
                    default=["default", "5-iterations"], help="SetFit at its defaults, at the old 5-iteration budget.")  # fmt: skip

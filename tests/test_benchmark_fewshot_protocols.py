@@ -199,6 +199,15 @@ def test_transductive_prototypes_run_on_the_frozen_and_every_meta_learned_encode
     parse = fewshot_protocols.parse
     assert parse([]).transductive_draws == 3 and parse(["--no-transductive"]).no_transductive
     assert parse([]).query_dirichlet is None and parse(["--query-dirichlet", "2"]).query_dirichlet == 2.0
+    families = fewshot_protocols.slow_families
+    assert families(parse([]), "allway5_mono") == (True, True)
+    assert families(parse([]), "allway5_mono_dirichlet") == (False, False)  # imbalanced: the cheap methods
+    assert families(parse(["--slow-dirichlet"]), "allway5_mono_dirichlet") == (
+        True,
+        False,
+    )  # SetFit reads no query
+    assert families(parse(["--no-setfit"]), "allway5_mono") == (True, False)
+    assert families(parse(["--no-slow", "--slow-dirichlet"]), "allway5_mono_dirichlet") == (False, False)
 
 
 def test_meta_slow_runs_the_slow_methods_from_the_meta_learned_encoder_too():
