@@ -133,8 +133,8 @@ class SupportTuned(ABC):
 
     ``micro_batch_size``: each full-batch step accumulates its gradient over length-sorted micro-batches of at most
     that many support examples (``micro_batches``): the same step, without the pad tokens of padding every text
-    to the episode's longest; 16 rows cost 1.4x less than one batch of 60 short texts on CPU (``None``: the support
-    in one batch, which a GPU with memory to spare may run faster).
+    to the episode's longest (``benchmarks/block_replay.py`` times both; ``None``: the support in one batch, which
+    a GPU with memory to spare may run faster).
     """
 
     def __init__(self, lr: float | str | Sequence[float], head_lr: float, steps: int, cv_folds: int,
