@@ -30,7 +30,8 @@ temperature and steps chosen per setting on all-way episodes of the meta-train i
 (``select_transduction``; out of domain: the monolingual K = 5 choice), recorded in ``transductive_selection``;
 LP-FT + transductive (``--slow-methods lp-ft-transductive``) chooses its own on the encoders LP-FT tunes on the
 first ``--tuned-selection-episodes`` of those episodes (key ``<setting> (lp-ft[, top k blocks])``). ``--body-blocks k``: LP-FT and
-ProtoHeadFineTune train only the top k blocks, the frozen ones below run once an episode (``replay_lower_blocks``).
+ProtoHeadFineTune train only the top k blocks, the frozen ones below run once an episode (``replay_lower_blocks``);
+``--support-bf16`` runs their support steps under bfloat16 autocast.
 ``--query-dirichlet 2`` also scores each all-way setting's episodes with class-imbalanced queries
 (``dirichlet_queries``, Veilleux et al. 2021), where a method that leans on balanced batches is found out: the
 frozen and meta-learned methods, and with ``--slow-dirichlet`` the slow tensor ones (LP-FT + transductive too).
@@ -166,17 +167,20 @@ class PerWay:
 
 def slow_methods(steps: int, lr: float | str, warm_lr: float | str,
                  transductive: TransductivePrototypes | None = None, body_blocks: int | None = None,
-                 only: str | None = None) -> dict[str, object]:  # fmt: skip
+                 only: str | None = None, bf16: bool = False) -> dict[str, object]:  # fmt: skip
     """Fresh slow tensor methods (they keep the LRs they chose, so each setting gets its own): fine-tuning at
     ``lr``; LP-FT and ProtoHeadFineTune, whose heads start at a classifier, at ``warm_lr`` (``body_blocks``:
     training only the top blocks); with ``transductive`` also LP-FT whose queries it scores on the tuned
-    encoder. ``only``: the one method of that name (before its LR)."""
+    encoder; ``bf16``: their steps under bfloat16 autocast. ``only``: the one method of that name (before its LR)."""
 
     def suffix(value: float | str) -> str:
         return ", cv lr" if value == "cv" else f", lr {value:g}"
 
-    warm = {"lr": warm_lr, "body_blocks": body_blocks, "steps": steps}
-    top = suffix(warm_lr) + (f", top {body_blocks} blocks" if body_blocks else "")
+    warm = {"lr": warm_lr, "body_blocks": body_blocks, "steps": steps,
+            "autocast_dtype": torch.bfloat16 if bf16 else None}  # fmt: skip
+    top = (
+        suffix(warm_lr) + (f", top {body_blocks} blocks" if body_blocks else "") + (", bf16" if bf16 else "")
+    )
     methods = {
         f"fine-tuning{suffix(lr)}": FineTune(steps=steps, lr=lr),
         f"lp-ft{top}": FineTune(lp_ft=True, **warm),
@@ -209,7 +213,7 @@ def slow_for(
     for blocks in args.body_blocks:
         chosen = (transductive or {}).get(blocks)
         for name, method in slow_methods(
-            args.ft_steps, args.ft_lr, args.warm_lr, chosen, blocks or None
+            args.ft_steps, args.ft_lr, args.warm_lr, chosen, blocks or None, bf16=args.support_bf16
         ).items():
             methods.setdefault(name, method)  # fine-tuning, the same at every value, once
     return {name: m for name, m in methods.items() if name.split(",")[0] in args.slow_methods}
@@ -584,7 +588,7 @@ def evaluate_encoder(
             if tuned is not None:
                 chosen_on = interleaved(chosen_on, args.transductive_draws)[: args.tuned_selection_episodes]
                 (lp_ft,) = slow_methods(args.ft_steps, args.ft_lr, args.warm_lr, None, tuned or None,
-                                        only="lp-ft").values()  # fmt: skip
+                                        only="lp-ft", bf16=args.support_bf16).values()  # fmt: skip
                 heads = Heads(frozen)
 
                 def adapt(model: nn.Module, support: dict) -> nn.Module:
@@ -731,6 +735,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--body-blocks", type=int, nargs="+", default=[0], help="LP-FT and proto-head FT train only the "
                    "top that many blocks, the frozen ones below run once an episode (replay_lower_blocks); 0: the "
                    "whole body (the default); several values: each method once for each.")  # fmt: skip
+    p.add_argument("--support-bf16", action="store_true", help="LP-FT and proto-head FT run their support steps "
+                   "under bfloat16 autocast (mixed precision; faster on a GPU or a CPU with avx512_bf16 / AMX).")  # fmt: skip
     p.add_argument(
         "--meta-steps", type=int, default=60, help="ProtoNets meta-training steps (0: no meta-learner)."
     )

@@ -166,6 +166,13 @@ def test_without_slow_methods_the_rows_and_headlines_cover_the_frozen_and_meta_l
     top = slow_for(parse(["--warm-lr", "5e-5", "--body-blocks", "4"]))
     names = ["fine-tuning, cv lr", "lp-ft, lr 5e-05, top 4 blocks", "proto-head-ft, lr 5e-05, top 4 blocks"]
     assert list(top) == names
+    half = slow_for(parse(["--warm-lr", "5e-5", "--body-blocks", "4", "--support-bf16"]))
+    assert list(half)[1:] == [f"{n}, bf16" for n in names[1:]]
+    assert [m.autocast_dtype for m in half.values()] == [
+        None,
+        torch.bfloat16,
+        torch.bfloat16,
+    ]  # not the baseline
     assert [m.body_blocks for m in top.values()] == [
         None,
         4,

@@ -135,10 +135,15 @@ class SupportTuned(ABC):
     that many support examples (``micro_batches``): the same step, without the pad tokens of padding every text
     to the episode's longest (``benchmarks/block_replay.py`` times both; ``None``: the support in one batch, which
     a GPU with memory to spare may run faster).
+
+    ``autocast_dtype``: the steps' forward passes run under ``torch.autocast`` in that dtype (``torch.bfloat16``:
+    mixed precision, the weights and AdamW's state stay in float32). A GPU, or a CPU with bfloat16 instructions
+    (avx512_bf16, AMX), runs them faster; elsewhere it is slower. ``None`` (default): float32.
     """
 
     def __init__(self, lr: float | str | Sequence[float], head_lr: float, steps: int, cv_folds: int,
-                 fallback_lr: float, body_blocks: int | None = None, micro_batch_size: int | None = 16) -> None:  # fmt: skip
+                 fallback_lr: float, body_blocks: int | None = None, micro_batch_size: int | None = 16,
+                 autocast_dtype: torch.dtype | None = None) -> None:  # fmt: skip
         if isinstance(lr, str):
             if lr != "cv":
                 raise ValueError(f'lr={lr!r}: give a number, "cv" (choose from {CV_LRS}) or a list of LRs.')
@@ -162,7 +167,11 @@ class SupportTuned(ABC):
             raise ValueError(
                 f"micro_batch_size={micro_batch_size}: >= 1, or None for the support in one batch."
             )
-        self.body_blocks, self.micro_batch_size = body_blocks, micro_batch_size
+        self.body_blocks, self.micro_batch_size, self.autocast_dtype = (
+            body_blocks,
+            micro_batch_size,
+            autocast_dtype,
+        )
         self.lr = fallback_lr if self.grid is not None else float(lr)
         self.head_lr, self.steps, self.cv_folds, self.fallback_lr = head_lr, steps, cv_folds, fallback_lr
         self.chosen_lrs: list[float] = []
@@ -194,12 +203,17 @@ class SupportTuned(ABC):
         the gradient of each accumulated over the support's micro-batches."""
         chunks = micro_batches(support, self.micro_batch_size)
         rows = len(support["labels"])
+        device = support["labels"].device.type
         with self.training_steps(tuned, chunks) as replay:
             for _ in range(self.steps):
                 optimizer.zero_grad()
                 for i, chunk in enumerate(chunks):
                     replay.select(i)
-                    (loss(chunk) * (len(chunk["labels"]) / rows)).backward()
+                    with torch.autocast(
+                        device, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+                    ):
+                        value = loss(chunk).float() * (len(chunk["labels"]) / rows)
+                    value.backward()
                 optimizer.step()
 
     def _body_settings(self) -> str:
@@ -210,6 +224,8 @@ class SupportTuned(ABC):
                     "episode, its output replayed at each step)")  # fmt: skip
         if self.micro_batch_size is not None:
             body += f", gradients accumulated over length-sorted micro-batches of <= {self.micro_batch_size}"
+        if self.autocast_dtype is not None:
+            body += f", forward under {str(self.autocast_dtype).removeprefix('torch.')} autocast"
         return body
 
     @abstractmethod
@@ -268,7 +284,7 @@ class FineTune(SupportTuned):
 
     With ``lp_ft`` the head is first fitted by a linear probe on frozen features (LP-FT). ``lr="cv"`` or a list
     chooses the body LR per episode, ``body_blocks`` trains only the top blocks, ``micro_batch_size`` bounds the
-    rows a forward holds (see ``SupportTuned``).
+    rows a forward holds, ``autocast_dtype`` runs the steps in mixed precision (see ``SupportTuned``).
     ``transductive`` (a ``TransductivePrototypes``): the queries are scored by it on the tuned encoder instead of by
     the trained head (transductive: it reads the query batch).
     """
@@ -276,8 +292,10 @@ class FineTune(SupportTuned):
     def __init__(self, steps: int = 20, lr: float | str | Sequence[float] = 5e-5, head_lr: float = 1e-2,
                  lp_ft: bool = False, probe_C: float = 1.0, cv_folds: int = 2, fallback_lr: float = 5e-5,
                  transductive: ProtoNets | None = None, body_blocks: int | None = None,
-                 micro_batch_size: int | None = 16) -> None:  # fmt: skip
-        super().__init__(lr, head_lr, steps, cv_folds, fallback_lr, body_blocks, micro_batch_size)
+                 micro_batch_size: int | None = 16, autocast_dtype: torch.dtype | None = None) -> None:  # fmt: skip
+        super().__init__(
+            lr, head_lr, steps, cv_folds, fallback_lr, body_blocks, micro_batch_size, autocast_dtype
+        )
         self.lp_ft, self.probe_C, self.transductive = lp_ft, probe_C, transductive
         self.name = (("lp-ft" if lp_ft else "fine-tuning") + (" + transductive" if transductive else "")
                      + (", cv lr" if self.grid is not None else ""))  # fmt: skip
@@ -346,15 +364,18 @@ class ProtoHeadFineTune(SupportTuned):
     does, the geometry sentence encoders are trained for (then ``||q||^2 = 1`` and the logits are nearest-centroid's
     plus 1); ``normalize=False`` matches ``ProtoNets``' raw embeddings, for an encoder meta-trained by it. The head
     is built here, so any model ``NearestCentroid`` takes works (its own classification head, if any, is unused).
-    ``body_blocks`` and ``micro_batch_size``: see ``SupportTuned``. ``head_lr`` is 10x below ``FineTune``'s: the
+    ``body_blocks``, ``micro_batch_size`` and ``autocast_dtype``: see ``SupportTuned``. ``head_lr`` is 10x below ``FineTune``'s: the
     head starts at a good classifier, and on unit-norm embeddings its weights are ~0.1, so AdamW steps of 1e-2
     would leave the prototypes within a few steps.
     """
 
     def __init__(self, steps: int = 20, lr: float | str | Sequence[float] = 5e-5, head_lr: float = 1e-3,
                  normalize: bool = True, body_blocks: int | None = None, cv_folds: int = 2,
-                 fallback_lr: float = 5e-5, micro_batch_size: int | None = 16) -> None:  # fmt: skip
-        super().__init__(lr, head_lr, steps, cv_folds, fallback_lr, body_blocks, micro_batch_size)
+                 fallback_lr: float = 5e-5, micro_batch_size: int | None = 16,
+                 autocast_dtype: torch.dtype | None = None) -> None:  # fmt: skip
+        super().__init__(
+            lr, head_lr, steps, cv_folds, fallback_lr, body_blocks, micro_batch_size, autocast_dtype
+        )
         self.normalize = normalize
         self.name = "proto-head-ft" + (", cv lr" if self.grid is not None else "")
 

@@ -1,5 +1,6 @@
-"""Support steps over length-sorted micro-batches: every row kept, fewer pad columns, and the same tuned model as
-one full batch, with and without replayed lower blocks."""
+"""The support-set steps of the fine-tuning methods: length-sorted micro-batches keep every row, drop pad columns
+and give the full-batch gradient, with and without replayed lower blocks; bfloat16 autocast runs the forward in
+bfloat16 and leaves float32 weights with a gradient close to float32's."""
 
 import pytest
 import torch
@@ -91,3 +92,23 @@ def test_a_micro_batched_step_has_the_full_batch_gradient(method, loss, body_blo
         assert torch.allclose(gradients[2][name], grad, rtol=1e-4, atol=1e-6), name
     if body_blocks == 1:
         assert not any(n.startswith(("bert.embeddings.", "bert.encoder.layer.0.")) for n in gradients[None])
+
+
+def test_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_float32_weights():
+    support = support_with_unequal_lengths()
+    gradients, dtypes = {}, []
+    for dtype in (None, torch.bfloat16):
+        model = tiny_bert().eval()
+        model.classifier.register_forward_hook(lambda module, args, output: dtypes.append(output.dtype))
+        method = FineTune(steps=1, autocast_dtype=dtype, micro_batch_size=4)
+        method.train_on_support(
+            model, support, torch.optim.SGD(model.parameters(), lr=0.0), fine_tune_loss(method, model)
+        )
+        gradients[dtype] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert dtypes[:3] == [torch.float32] * 3 and dtypes[3:] == [torch.bfloat16] * 3  # 3 micro-batches each
+    assert gradients[torch.bfloat16].dtype == torch.float32
+    # bfloat16 keeps ~3 significant digits: on this random 16-wide model the gradient's direction agrees to 0.9
+    assert F.cosine_similarity(gradients[None], gradients[torch.bfloat16], dim=0) > 0.8
+    assert not torch.equal(gradients[None], gradients[torch.bfloat16])  # it did run in another precision
+    assert "bfloat16 autocast" in FineTune(autocast_dtype=torch.bfloat16).settings
