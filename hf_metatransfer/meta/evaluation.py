@@ -347,8 +347,8 @@ class FineTune(SupportTuned):
             {"params": [p for n, p in tuned.named_parameters() if n in head], "lr": self.head_lr},
             {"params": [p for n, p in tuned.named_parameters() if n in body], "lr": lr},
         ]
-        self.train_on_support(tuned, support, torch.optim.AdamW(groups),
-                              lambda batch: F.cross_entropy(tuned(**model_inputs(batch)).logits, batch["labels"]))  # fmt: skip
+        loss = lambda batch: F.cross_entropy(tuned(**model_inputs(batch)).logits, batch["labels"])  # noqa: E731
+        self.train_on_support(tuned, support, torch.optim.AdamW(groups), loss)
         return tuned.eval()
 
 
@@ -364,9 +364,9 @@ class ProtoHeadFineTune(SupportTuned):
     does, the geometry sentence encoders are trained for (then ``||q||^2 = 1`` and the logits are nearest-centroid's
     plus 1); ``normalize=False`` matches ``ProtoNets``' raw embeddings, for an encoder meta-trained by it. The head
     is built here, so any model ``NearestCentroid`` takes works (its own classification head, if any, is unused).
-    ``body_blocks``, ``micro_batch_size`` and ``autocast_dtype``: see ``SupportTuned``. ``head_lr`` is 10x below ``FineTune``'s: the
-    head starts at a good classifier, and on unit-norm embeddings its weights are ~0.1, so AdamW steps of 1e-2
-    would leave the prototypes within a few steps.
+    ``body_blocks``, ``micro_batch_size`` and ``autocast_dtype``: see ``SupportTuned``. ``head_lr`` is 10x below
+    ``FineTune``'s: the head starts at a good classifier, and on unit-norm embeddings its weights are ~0.1, so AdamW
+    steps of 1e-2 would leave the prototypes within a few steps.
     """
 
     def __init__(self, steps: int = 20, lr: float | str | Sequence[float] = 5e-5, head_lr: float = 1e-3,
@@ -406,8 +406,8 @@ class ProtoHeadFineTune(SupportTuned):
             {"params": [weight, bias], "lr": self.head_lr},
             {"params": [p for n, p in tuned.named_parameters() if n in body], "lr": lr},
         ])  # fmt: skip
-        self.train_on_support(tuned, support, optimizer,
-                              lambda batch: F.cross_entropy(self._embed(tuned, batch) @ weight.T + bias, batch["labels"]))  # fmt: skip
+        loss = lambda batch: F.cross_entropy(self._embed(tuned, batch) @ weight.T + bias, batch["labels"])  # noqa: E731
+        self.train_on_support(tuned, support, optimizer, loss)
         with torch.no_grad():
             return self._embed(tuned, query) @ weight.T + bias
 
