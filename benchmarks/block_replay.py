@@ -17,7 +17,9 @@ held to the replay's bound). Also the whole body (LP-FT as the benchmarks run it
 on e5 the 250k-token embedding matrix is 96M of its 118M parameters, and each AdamW step updates all of it;
 ``body_blocks`` = the depth trains every block with the embeddings frozen). Prints a table, then ONE JSON
 line with the median seconds an episode of each, ``replay_speedup_top_k`` (median without / median with
-replay), ``micro_batch_speedup_top_k`` (median one batch / median micro-batches, both replayed) and ``whole_body_over_top_k`` (median whole-body LP-FT / median top-k with replay) for each k.
+replay), ``micro_batch_speedup_top_k`` (median one batch / median micro-batches, both replayed) and
+``whole_body_over_top_k`` (median whole-body LP-FT / median top-k with replay) for each k. At k = the depth nothing
+is replayed, so "replay" and "every block run" time the same training twice.
 """
 
 from __future__ import annotations

@@ -126,13 +126,13 @@ def micro_batches(batch: dict[str, torch.Tensor], size: int | None) -> list[dict
         return [batch]
     mask = batch.get("attention_mask")
     order = torch.arange(rows) if mask is None else torch.argsort(mask.sum(-1).cpu(), stable=True)
+    seq = None if mask is None else mask.shape[1]
     chunks = []
     for index in torch.tensor_split(order, -(-rows // size)):
         chunk = {k: v[index.to(v.device)] for k, v in batch.items()}
         if mask is not None:
             used = chunk["attention_mask"].any(0).nonzero()
             width = int(used.max()) + 1 if len(used) else 0
-            seq = mask.shape[1]
             chunk = {k: v[:, :width] if v.dim() >= 2 and v.shape[1] == seq else v for k, v in chunk.items()}
         chunks.append(chunk)
     return chunks
